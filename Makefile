@@ -1,0 +1,22 @@
+# The two commands in the README: `make demo` and `make test`.
+PYTHON ?= python3
+PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
+
+.PHONY: install test test-unit demo bench lint plugin clean
+
+install:
+	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
+
+plugin:
+	$(MAKE) -C spank_hooks
+
+test: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+lint:
+	$(PYTHON) -m pip install $(PIP_FLAGS) ruff mypy
+	$(PYTHON) -m ruff check qproxy tests bench
+	$(PYTHON) -m mypy qproxy
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from qproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""`qproxy` command: a thin dispatcher.
+
+Each subcommand lives in its own module and is imported lazily, so `qproxy serve` never pays
+for (or pulls in) qiskit, which only the emulator needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "emulator": ("qproxy.emulator.cli", "run the local Qiskit-Runtime-compatible QPU emulator"),
+    "serve": ("qproxy.serve", "run one Slurm job's authenticating proxy"),
+    "audit": ("qproxy.audit_cli", "inspect and verify per-job audit logs"),
+    "secrets": ("qproxy.secrets_cli", "manage the admin's vendor secrets (encrypted at rest)"),
+    "hook": ("qproxy.hooks.cli", "Slurm hook entry points (prolog, task-env, epilog, reap)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: qproxy COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"qproxy: unknown command {name!r} (try: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
