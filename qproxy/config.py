@@ -35,6 +35,8 @@ class ProxySettings:
     lanes_wait_seconds: float = 600.0
     # Seconds to wait for the proxy to become ready when the hook starts it.
     start_timeout_seconds: float = 20.0
+    # How often the proxy polls upstream for the status of this job's active jobs (lanes).
+    status_poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,161 @@
+"""`make bench`: every cost as a ratio against its baseline, measured in this run.
+
+Prints a table and writes bench/results/latest.json. Sections can be picked with
+`python -m bench.run --only 1,2,5`; `--quick` shortens rounds (for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+RESULTS = common.REPO / "bench" / "results" / "latest.json"
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {
+        "cpus": os.cpu_count(), "mem_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(), "platform": platform.platform(),
+    }
+
+
+def fmt_row(row: dict[str, Any]) -> str:
+    keys = [k for k in row if k not in ("bench", "target", "ok")]
+    figures = ", ".join(f"{k}={row[k]}" for k in keys)
+    verdict = "ok" if row.get("ok") else "MISSED"
+    return f"{row['bench']:<34} {figures}  [{row.get('target', '')}: {verdict}]"
+
+
+def section_requests(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import requests_bench as rb
+
+    rounds, n, secs = (3, 50, 1.0) if quick else (7, 200, 2.0)
+    with common.emulator(work, "--backends", "fake_fez", "--lanes", "2") as emu:
+        cfg = common.write_config(work, emu)
+        with common.proxy(cfg, work) as px:
+            os.sched_setaffinity(px.proc.pid, {0})  # "one proxy on one core"
+
+            async def targets() -> tuple[rb.Target, rb.Target]:
+                d = await rb.Target(emu.url, emu.api_key, emu.instance).__aenter__()
+                p = await rb.Target(px.url, px.token, px.env["QISKIT_IBM_INSTANCE"]).__aenter__()
+                return d, p
+
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            direct, proxied = loop.run_until_complete(targets())
+            # a job of this proxy's, so "job status" is a real job lookup on both paths
+            job = loop.run_until_complete(proxied.post_json("/jobs", {
+                "program_id": "sampler", "backend": "ibm_fez",
+                "params": {"pubs": [], "version": 2, "support_qiskit": False, "options": {}},
+            }))
+            jid = job["id"]
+            rows = rb.run_latency(direct, proxied, {
+                "GET /backends": ("/backends", "/backends"),
+                "GET /jobs/{id}": (f"/jobs/{jid}", f"/jobs/{jid}"),
+            }, rounds, n)
+            rows.append(rb.run_throughput(direct, proxied, f"/jobs/{jid}", f"/jobs/{jid}",
+                                          32, secs, rounds))
+            loop.run_until_complete(direct.__aexit__())
+            loop.run_until_complete(proxied.__aexit__())
+            loop.close()
+    return rows
+
+
+def section_e2e(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import primitives_bench as pb
+
+    with common.emulator(work, "--backends", "fake_fez", "--lanes", "2") as emu:
+        cfg = common.write_config(work, emu)
+        with common.proxy(cfg, work) as px:
+            return pb.run_e2e(emu.env(), px.env, "fake_fez", "ibm_fez", 3 if quick else 5)
+
+
+def section_footprint(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import footprint
+
+    with common.emulator(work, "--backends", "fake_fez") as emu:
+        cfg = common.write_config(work, emu)
+        return footprint.run(cfg, work, 3 if quick else 7)
+
+
+def section_emulator(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import primitives_bench as pb
+
+    rows = []
+    with common.emulator(work, "--backends", "fake_fez", "--lanes", "1") as one:
+        rows.append(pb.run_emulator_vs_aer(one.env(), 2 if quick else 3))
+        t1 = [pb.lane_throughput(one.env())]
+    with common.emulator(work, "--backends", "fake_fez", "--lanes", "2") as two:
+        t2 = [pb.lane_throughput(two.env())]
+    ratio = common.median(t2) / common.median(t1)
+    rows.append({
+        "bench": "7. emulator lanes 2 vs 1",
+        "baseline_jobs_per_s": round(common.median(t1), 3),
+        "subject_jobs_per_s": round(common.median(t2), 3),
+        "ratio": round(ratio, 3), "target": ">= 1.7x", "ok": ratio >= 1.7,
+    })
+    return rows
+
+
+SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
+    "1": section_requests,  # also 2
+    "3": section_e2e,
+    "5": section_footprint,
+    "7": section_emulator,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench")
+    ap.add_argument("--only", default="", help="comma-separated section numbers")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--output", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    wanted = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    rows: list[dict[str, Any]] = []
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="qproxy-bench-") as tmp:
+        work = Path(tmp)
+        for key in wanted:
+            if key not in SECTIONS:
+                print(f"bench: unknown section {key!r}", file=sys.stderr)
+                return 2
+            try:
+                got = SECTIONS[key](work, args.quick)
+            except Exception as exc:  # a broken section must not hide the others' figures
+                traceback.print_exc()
+                failed.append(key)
+                got = [{"bench": f"section {key}", "error": str(exc), "ok": False}]
+            for row in got:
+                print(fmt_row(row) if "error" not in row else f"{row['bench']}: ERROR {row['error']}",
+                      flush=True)
+            rows.extend(got)
+    report = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(), "quick": args.quick, "rows": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
