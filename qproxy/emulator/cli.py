@@ -1,0 +1,132 @@
+"""``qproxy emulator``: run the local Qiskit-Runtime-compatible QPU emulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+
+from aiohttp import web
+
+from .backends import DEFAULT_BACKENDS, Device, parse_backends, parse_lanes
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8290
+DEFAULT_API_KEY = "qproxy-emulator-default-key"
+API_KEY_ENV = "QPROXY_EMULATOR_API_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qproxy emulator",
+        description="Serve fake IBM devices over the Qiskit Runtime REST API (qiskit-aer).",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    p.add_argument(
+        "--backends",
+        default=",".join(DEFAULT_BACKENDS),
+        help="comma-separated fake devices; NAME=FAKE serves FAKE under NAME",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
+    p.add_argument("--lanes", default=None, help="N for every backend, or NAME=N,NAME=N")
+    p.add_argument("--api-key-file", default=None, help="accepted API keys, one per line")
+    p.add_argument("--ready-file", default=None, help="write {url, port, pid} here when ready")
+    p.add_argument(
+        "--min-job-seconds",
+        type=float,
+        default=0.3,
+        help="every job stays Running at least this long (real jobs never finish instantly)",
+    )
+    p.add_argument("--token-ttl", type=int, default=3600, help="IAM access token lifetime (s)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def load_api_keys(path: str | None) -> list[str]:
+    """--api-key-file lines, else $QPROXY_EMULATOR_API_KEY, else the documented dev default."""
+    if path:
+        with open(path) as fh:
+            keys = [line.strip() for line in fh if line.strip() and not line.startswith("#")]
+        if not keys:
+            raise ValueError(f"{path}: no API keys in file")
+        return keys
+    if os.environ.get(API_KEY_ENV):
+        return [os.environ[API_KEY_ENV]]
+    print(
+        f"qproxy emulator: WARNING: no --api-key-file or ${API_KEY_ENV}; accepting the "
+        f"public dev default key {DEFAULT_API_KEY!r}",
+        file=sys.stderr,
+    )
+    return [DEFAULT_API_KEY]
+
+
+def write_ready_file(path: str, host: str, port: int) -> None:
+    """Atomically publish where we listen (tests and scripts poll for this file)."""
+    shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    doc = {"url": f"http://{shown}:{port}", "port": port, "pid": os.getpid()}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ready-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh)
+    os.replace(tmp, path)
+
+
+async def _serve(args: argparse.Namespace, devices: dict[str, Device], keys: list[str]) -> None:
+    from .app import create_app
+
+    app = create_app(
+        devices,
+        keys,
+        seed=args.seed,
+        min_job_seconds=args.min_job_seconds,
+        token_ttl=args.token_ttl,
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else args.port
+    logging.getLogger("qproxy.emulator").info(
+        "listening on http://%s:%d (backends: %s)",
+        args.host,
+        port,
+        ", ".join(f"{d.name}[{d.lanes} lane(s)]" for d in devices.values()),
+    )
+    if args.ready_file:
+        write_ready_file(args.ready_file, args.host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("qproxy").setLevel(args.log_level.upper())
+    try:
+        pairs = parse_backends(args.backends)
+        lanes = parse_lanes(args.lanes, [name for name, _ in pairs])
+        keys = load_api_keys(args.api_key_file)
+        devices = {name: Device(name, fake, lanes=lanes[name]) for name, fake in pairs}
+    except (ValueError, OSError) as exc:
+        print(f"qproxy emulator: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(args, devices, keys))
+    return 0

@@ -1,0 +1,328 @@
+"""Jobs, sessions and the per-backend execution lanes.
+
+A job moves Queued -> Running -> Completed | Failed, or to Cancelled from either non-final
+state; the state strings are the API's, which the client maps to QUEUED/RUNNING/DONE/ERROR/
+CANCELLED. Each backend has a FIFO queue drained by ``lanes`` asyncio workers: a lane is one
+parallel execution on the device, so with one lane jobs run strictly one after the other.
+The simulation itself runs in a thread pool sized to the total lane count: Aer does its work
+in C++ with the GIL released, the per-device noise models are shared in memory (a process
+pool would rebuild or pickle a 156-qubit noise model per worker), and the event loop never
+blocks on a simulation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .backends import Device
+from .errors import ApiError
+from .programs import Prepared
+from .simulate import JobFailure
+
+log = logging.getLogger("qproxy.emulator")
+
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = (
+    "Queued",
+    "Running",
+    "Completed",
+    "Failed",
+    "Cancelled",
+)
+FINAL_STATES = frozenset({COMPLETED, FAILED, CANCELLED})
+PENDING_STATES = frozenset({QUEUED, RUNNING})
+# Real jobs never finish instantly and the client polls; keep every job running this long.
+MIN_RUN_SECONDS = 0.3
+
+
+def now_iso(ts: float | None = None) -> str:
+    """API timestamps: ISO 8601 UTC with milliseconds and a ``Z``."""
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Job:
+    """One job and everything the API reports about it."""
+
+    id: str
+    program_id: str
+    backend: str
+    params: Any
+    prepared: Prepared
+    session_id: str | None = None
+    tags: list[str] = field(default_factory=list)
+    cost: int | None = None
+    private: bool = False
+    runtime: str = ""
+    state: str = QUEUED
+    reason: str | None = None
+    reason_code: int | None = None
+    created: float = field(default_factory=time.time)
+    running: float | None = None
+    finished: float | None = None
+    result: str | None = None
+    seed: int = 0
+    log_lines: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def set_final(self, state: str, reason: str | None = None, code: int | None = None) -> None:
+        self.state = state
+        self.reason = reason
+        self.reason_code = code
+        self.finished = time.time()
+        self.log(f"job {state.lower()}" + (f": {reason}" if reason else ""))
+
+    def log(self, line: str) -> None:
+        self.log_lines.append(f"{now_iso()} {line}")
+
+    def quantum_seconds(self) -> float:
+        if self.running is None:
+            return 0.0
+        end = self.finished if self.finished is not None else time.time()
+        return round(max(0.0, end - self.running), 3)
+
+    def state_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"status": self.state}
+        if self.reason:
+            doc["reason"] = self.reason
+        if self.reason_code is not None:
+            doc["reason_code"] = self.reason_code
+        return doc
+
+    def to_api(self, exclude_params: bool = False) -> dict[str, Any]:
+        qs = self.quantum_seconds()
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "backend": self.backend,
+            "state": self.state_doc(),
+            "status": self.state,
+            "program": {"id": self.program_id},
+            "created": now_iso(self.created),
+            "runtime": self.runtime,
+            "cost": self.cost,
+            "tags": list(self.tags),
+            "session_id": self.session_id,
+            "private": self.private,
+            "user_id": "emulator-user",
+            "usage": {"quantum_seconds": qs, "seconds": qs},
+            "bss": {"seconds": qs},
+        }
+        if self.finished is not None:
+            doc["ended"] = now_iso(self.finished)
+        if not exclude_params:
+            doc["params"] = self.params
+        return doc
+
+    def metrics(self) -> dict[str, Any]:
+        qs = self.quantum_seconds()
+        timestamps: dict[str, Any] = {
+            "created": now_iso(self.created),
+            "running": now_iso(self.running) if self.running else None,
+            "finished": now_iso(self.finished) if self.finished else None,
+        }
+        return {
+            "timestamps": timestamps,
+            "bss": {"seconds": qs},
+            "usage": {
+                "quantum_seconds": qs,
+                "seconds": qs,
+                "qpu_charge_time_seconds": qs,
+                "status": "final" if self.final else "pending",
+            },
+            "executions": self.prepared.shots if self.state == COMPLETED else 0,
+            "num_circuits": self.prepared.circuits,
+            "num_qubits": [],
+            "circuit_depths": [],
+            "qiskit_version": "",
+            "estimated_start_time": None,
+            "estimated_completion_time": None,
+            "caller": "qproxy-emulator",
+        }
+
+
+@dataclass
+class Session:
+    """A dedicated session or a batch (``mode``)."""
+
+    id: str
+    backend: str
+    mode: str
+    max_ttl: int
+    created: float = field(default_factory=time.time)
+    accepting_jobs: bool = True
+    state: str = "open"
+    closed: float | None = None
+    activated: float | None = None
+
+    def to_api(self, jobs: Iterable[Job]) -> dict[str, Any]:
+        mine = [j for j in jobs if j.session_id == self.id]
+        elapsed = sum(j.quantum_seconds() for j in mine)
+        return {
+            "id": self.id,
+            "backend_name": self.backend,
+            "mode": self.mode,
+            "state": self.state,
+            "accepting_jobs": self.accepting_jobs,
+            "max_ttl": self.max_ttl,
+            "interactive_ttl": 60 if self.mode == "dedicated" else None,
+            "active_ttl": self.max_ttl,
+            "started_at": now_iso(self.activated) if self.activated else None,
+            "activated_at": now_iso(self.activated) if self.activated else None,
+            "closed_at": now_iso(self.closed) if self.closed else None,
+            "created_at": now_iso(self.created),
+            "last_job_started": None,
+            "last_job_completed": None,
+            "elapsed_time": round(elapsed, 3),
+            "usage_time": round(elapsed, 3),
+            "started_by": "emulator-user",
+        }
+
+
+class Scheduler:
+    """Holds all jobs and sessions and runs jobs on the backends' lanes."""
+
+    def __init__(
+        self,
+        devices: dict[str, Device],
+        seed: int | None = None,
+        min_job_seconds: float = MIN_RUN_SECONDS,
+    ) -> None:
+        self.devices = devices
+        self.min_job_seconds = min_job_seconds
+        self.seed = seed
+        self.jobs: dict[str, Job] = {}
+        self.sessions: dict[str, Session] = {}
+        self._counter = 0
+        self._queues: dict[str, asyncio.Queue[Job]] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        total = sum(d.lanes for d in devices.values())
+        self._pool = ThreadPoolExecutor(max_workers=max(1, total), thread_name_prefix="lane")
+
+    async def start(self) -> None:
+        """Start the lane workers and build the noise models in the background."""
+        loop = asyncio.get_running_loop()
+        for name, device in self.devices.items():
+            queue: asyncio.Queue[Job] = asyncio.Queue()
+            self._queues[name] = queue
+            for lane in range(device.lanes):
+                self._workers.append(asyncio.create_task(self._lane(device, lane, queue)))
+            loop.run_in_executor(self._pool, device.noise_model)
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def queue_length(self, backend: str) -> int:
+        return sum(1 for j in self.jobs.values() if j.backend == backend and j.state == QUEUED)
+
+    def device(self, name: str | None) -> Device:
+        if not name:
+            raise ApiError(400, "'backend' is required.", 1400)
+        try:
+            return self.devices[name]
+        except KeyError:
+            raise ApiError(404, f"Backend {name!r} not found.", 1216) from None
+
+    def submit(
+        self,
+        program_id: str,
+        device: Device,
+        params: Any,
+        prepared: Prepared,
+        *,
+        session_id: str | None,
+        tags: list[str],
+        cost: int | None,
+        private: bool,
+        runtime: str,
+    ) -> Job:
+        self._counter += 1
+        seed = (
+            (self.seed + self._counter) % (2**31)
+            if self.seed is not None
+            else uuid.uuid4().int % (2**31)
+        )
+        job = Job(
+            id=_new_id(),
+            program_id=program_id,
+            backend=device.name,
+            params=params,
+            prepared=prepared,
+            session_id=session_id,
+            tags=tags,
+            cost=cost,
+            private=private,
+            runtime=runtime,
+            seed=seed,
+        )
+        job.log(f"job queued on {device.name} (program {program_id}, seed {seed})")
+        self.jobs[job.id] = job
+        if session_id and session_id in self.sessions:
+            sess = self.sessions[session_id]
+            if sess.activated is None:
+                sess.activated = time.time()
+                sess.state = "active"
+        self._queues[device.name].put_nowait(job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise ApiError(404, f"Job not found: {job_id}", 1291) from None
+
+    def cancel(self, job: Job, reason: str = "Cancelled by user.") -> None:
+        if job.final:
+            raise ApiError(409, f"Job {job.id} is already in a final state ({job.state}).", 1307)
+        job.set_final(CANCELLED, reason)
+
+    def delete(self, job: Job) -> None:
+        if not job.final:
+            job.set_final(CANCELLED, "Deleted by user.")
+        self.jobs.pop(job.id, None)
+
+    async def _lane(self, device: Device, lane: int, queue: asyncio.Queue[Job]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await queue.get()
+            if job.final:
+                continue
+            job.state = RUNNING
+            job.running = time.time()
+            job.log(f"job running on {device.name} lane {lane}")
+            try:
+                result, _ = await asyncio.gather(
+                    loop.run_in_executor(self._pool, job.prepared.run, job.seed),
+                    asyncio.sleep(self.min_job_seconds),
+                )
+            except JobFailure as exc:
+                if not job.final:
+                    job.set_final(FAILED, exc.message, exc.code)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a job failure must not kill the lane
+                log.error("job %s crashed:\n%s", job.id, traceback.format_exc())
+                if not job.final:
+                    job.set_final(FAILED, f"Internal error while running the job: {exc}", 1500)
+                continue
+            if not job.final:
+                job.result = result
+                job.set_final(COMPLETED)
+
+
+def _new_id() -> str:
+    """Job/session ids look like IBM's (20 lowercase alphanumerics)."""
+    return uuid.uuid4().hex[:20]

@@ -1,0 +1,274 @@
+"""The emulator's REST surface seen over raw HTTP: auth, error shapes, mounts, job life cycle.
+
+These are the contracts the proxy relies on when it talks to the emulator upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+import pytest
+import requests
+from qiskit import QuantumCircuit
+
+pytestmark = [pytest.mark.timeout(120)]
+
+PREFIXES = ("/api/v1", "/experimental/api/v1")
+
+
+def token(emulator) -> str:  # type: ignore[no-untyped-def]
+    r = requests.post(
+        emulator.url + "/identity/token",
+        data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": emulator.api_key},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+def auth(emulator) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"Authorization": f"Bearer {token(emulator)}"}
+
+
+def assert_api_error(r: requests.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body["errors"][0]) >= {"code", "message", "more_info"}
+    assert "trace" in body
+    return body
+
+
+def sampler_params(circuit: QuantumCircuit, shots: int = 50) -> dict:
+    from qiskit_ibm_runtime import RuntimeEncoder
+
+    return json.loads(
+        json.dumps(
+            {"pubs": [(circuit, None, shots)], "version": 2, "support_qiskit": True, "options": {}},
+            cls=RuntimeEncoder,
+        )
+    )
+
+
+def isa_circuit() -> QuantumCircuit:
+    qc = QuantumCircuit(1)
+    qc.x(0)
+    qc.measure_all()
+    return qc
+
+
+def test_iam_issues_expiring_jwt(emulator) -> None:  # type: ignore[no-untyped-def]
+    r = requests.post(
+        emulator.url + "/identity/token",
+        data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": emulator.api_key},
+        timeout=10,
+    )
+    body = r.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] > 0
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["exp"] == body["expiration"] > time.time()
+    assert body["refresh_token"]
+    bad = requests.post(
+        emulator.url + "/identity/token",
+        data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": "wrong"},
+        timeout=10,
+    )
+    assert bad.status_code == 400 and "errorMessage" in bad.json()
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_runtime_api_requires_valid_token(emulator, prefix) -> None:  # type: ignore[no-untyped-def]
+    url = emulator.url + prefix + "/backends"
+    assert_api_error(requests.get(url, timeout=10), 401)
+    assert_api_error(requests.get(url, headers={"Authorization": "Bearer x.y.z"}, timeout=10), 401)
+    forged = jwt.encode(
+        {"sub": "x", "exp": time.time() + 60},
+        "not-the-secret-but-long-enough-for-hs256!",
+        algorithm="HS256",
+    )
+    assert_api_error(
+        requests.get(url, headers={"Authorization": f"Bearer {forged}"}, timeout=10), 401
+    )
+    assert_api_error(requests.get(url, headers={"Authorization": "apikey nope"}, timeout=10), 401)
+    ok = requests.get(url, headers=auth(emulator), timeout=10)
+    assert ok.status_code == 200
+    assert {d["name"] for d in ok.json()["devices"]} == {"fake_fez", "fake_torino"}
+    ok = requests.get(url, headers={"Authorization": f"apikey {emulator.api_key}"}, timeout=10)
+    assert ok.status_code == 200
+
+
+def test_expired_token_is_401() -> None:
+    from qproxy.emulator.auth import Authenticator
+    from qproxy.emulator.errors import ApiError
+
+    a = Authenticator(["k"], token_ttl=-5)
+    access = a.issue("someone")["access_token"]
+    with pytest.raises(ApiError) as info:
+        a.authenticate(f"Bearer {access}")
+    assert info.value.status == 401 and "expired" in info.value.message
+
+
+def test_backend_documents(emulator) -> None:  # type: ignore[no-untyped-def]
+    h = auth(emulator)
+    base = emulator.url + "/api/v1/backends/fake_torino"
+    conf = requests.get(base + "/configuration", headers=h, timeout=10).json()
+    assert conf["backend_name"] == "fake_torino" and conf["n_qubits"] == 133
+    props = requests.get(base + "/properties", headers=h, timeout=10).json()
+    assert len(props["qubits"]) == 133
+    status = requests.get(base + "/status", headers=h, timeout=10).json()
+    assert status["state"] is True and status["status"] == "active"
+    assert_api_error(
+        requests.get(emulator.url + "/api/v1/backends/ibm_nowhere/status", headers=h, timeout=10),
+        404,
+    )
+
+
+def test_errors_keep_the_api_shape(emulator) -> None:  # type: ignore[no-untyped-def]
+    h = auth(emulator)
+    api = emulator.url + "/api/v1"
+    assert_api_error(requests.get(api + "/jobs/doesnotexist", headers=h, timeout=10), 404)
+    assert_api_error(requests.get(api + "/jobs/doesnotexist/results", headers=h, timeout=10), 404)
+    assert_api_error(requests.post(api + "/jobs/doesnotexist/cancel", headers=h, timeout=10), 404)
+    assert_api_error(requests.get(api + "/no/such/route", headers=h, timeout=10), 404)
+    assert_api_error(requests.post(api + "/jobs", data="{not json", headers=h, timeout=10), 400)
+    assert_api_error(requests.post(api + "/jobs", json=[1, 2], headers=h, timeout=10), 400)
+    assert_api_error(
+        requests.post(
+            api + "/jobs", json={"backend": "fake_fez", "params": {}}, headers=h, timeout=10
+        ),
+        400,
+    )
+    assert_api_error(
+        requests.post(
+            api + "/jobs",
+            json={"program_id": "circuit-runner", "backend": "fake_fez", "params": {}},
+            headers=h,
+            timeout=10,
+        ),
+        404,
+    )
+    assert_api_error(
+        requests.post(
+            api + "/jobs",
+            json={
+                "program_id": "sampler",
+                "backend": "nope",
+                "params": sampler_params(isa_circuit()),
+            },
+            headers=h,
+            timeout=10,
+        ),
+        404,
+    )
+    assert_api_error(
+        requests.post(
+            api + "/jobs",
+            json={
+                "program_id": "sampler",
+                "backend": "fake_fez",
+                "params": {"pubs": "x", "version": 2},
+            },
+            headers=h,
+            timeout=10,
+        ),
+        400,
+    )
+    assert_api_error(
+        requests.post(
+            api + "/jobs",
+            json={
+                "program_id": "executor",
+                "backend": "fake_fez",
+                "params": {"schema_version": "v2.0"},
+            },
+            headers=h,
+            timeout=10,
+        ),
+        400,
+    )
+
+
+def test_job_life_cycle(emulator) -> None:  # type: ignore[no-untyped-def]
+    h = auth(emulator)
+    api = emulator.url + "/api/v1"
+    r = requests.post(
+        api + "/jobs",
+        json={
+            "program_id": "sampler",
+            "backend": "fake_fez",
+            "tags": ["raw"],
+            "cost": 60,
+            "params": sampler_params(isa_circuit()),
+        },
+        headers=h,
+        timeout=30,
+    )
+    job_id = r.json()["id"]
+    first = requests.get(f"{api}/jobs/{job_id}", headers=h, timeout=10).json()
+    assert first["state"]["status"] in ("Queued", "Running")  # never done instantly
+    assert first["program"]["id"] == "sampler" and first["cost"] == 60
+    assert "params" in first
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        doc = requests.get(f"{api}/jobs/{job_id}?exclude_params=true", headers=h, timeout=10).json()
+        if doc["status"] == "Completed":
+            break
+        time.sleep(0.2)
+    assert doc["status"] == "Completed" and "params" not in doc
+    res = requests.get(f"{api}/jobs/{job_id}/results", headers=h, timeout=10)
+    assert res.status_code == 200 and "PrimitiveResult" in res.text
+    metrics = requests.get(f"{api}/jobs/{job_id}/metrics", headers=h, timeout=10).json()
+    assert metrics["usage"]["quantum_seconds"] > 0 and metrics["usage"]["seconds"] > 0
+    assert metrics["timestamps"]["finished"] >= metrics["timestamps"]["running"]
+    logs = requests.get(f"{api}/jobs/{job_id}/logs", headers=h, timeout=10)
+    assert "completed" in logs.text
+    assert_api_error(requests.post(f"{api}/jobs/{job_id}/cancel", headers=h, timeout=10), 409)
+    tags = requests.put(
+        f"{api}/jobs/{job_id}/tags", json={"tags": ["a", "b"]}, headers=h, timeout=10
+    )
+    assert tags.status_code == 204
+    usage = requests.get(api + "/instances/usage", headers=h, timeout=10).json()
+    assert usage["usage_consumed_seconds"] >= 0 and usage["usage_limit_reached"] is False
+    workloads = requests.get(api + "/workloads", headers=h, timeout=10).json()
+    assert any(w["id"] == job_id for w in workloads["workloads"])
+    assert requests.delete(f"{api}/jobs/{job_id}", headers=h, timeout=10).status_code == 204
+    assert_api_error(requests.get(f"{api}/jobs/{job_id}", headers=h, timeout=10), 404)
+
+
+def test_sessions_raw(emulator) -> None:  # type: ignore[no-untyped-def]
+    h = auth(emulator)
+    api = emulator.url + "/api/v1"
+    sess = requests.post(
+        api + "/sessions", json={"backend": "fake_torino", "mode": "batch"}, headers=h, timeout=10
+    ).json()
+    sid = sess["id"]
+    doc = requests.get(f"{api}/sessions/{sid}", headers=h, timeout=10).json()
+    assert doc["mode"] == "batch" and doc["accepting_jobs"] is True
+    assert (
+        requests.patch(
+            f"{api}/sessions/{sid}", json={"accepting_jobs": False}, headers=h, timeout=10
+        ).status_code
+        == 204
+    )
+    closed = requests.post(
+        api + "/jobs",
+        json={
+            "program_id": "sampler",
+            "backend": "fake_torino",
+            "session_id": sid,
+            "params": sampler_params(isa_circuit()),
+        },
+        headers=h,
+        timeout=30,
+    )
+    assert_api_error(closed, 400)
+    assert requests.delete(f"{api}/sessions/{sid}/close", headers=h, timeout=10).status_code == 204
+    assert requests.get(f"{api}/sessions/{sid}", headers=h, timeout=10).json()["state"] == "closed"
+    assert_api_error(requests.get(f"{api}/sessions/nope", headers=h, timeout=10), 404)
+    assert_api_error(
+        requests.post(
+            api + "/sessions", json={"backend": "fake_fez", "mode": "weird"}, headers=h, timeout=10
+        ),
+        400,
+    )
