@@ -43,6 +43,21 @@ def fmt_row(row: dict[str, Any]) -> str:
     return f"{row['bench']:<34} {figures}  [{row.get('target', '')}: {verdict}]"
 
 
+def bell_params() -> dict[str, Any]:
+    """Sampler params for a small ISA Bell circuit, in the client's own JSON encoding."""
+    from qiskit import QuantumCircuit, transpile
+    from qiskit_ibm_runtime.fake_provider import FakeFez
+    from qiskit_ibm_runtime.utils.json import RuntimeEncoder
+
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    isa = transpile(qc, FakeFez(), optimization_level=1, seed_transpiler=1)
+    params = {"pubs": [(isa, None, 100)], "version": 2, "support_qiskit": True, "options": {}}
+    return dict(json.loads(json.dumps(params, cls=RuntimeEncoder)))
+
+
 def section_requests(work: Path, quick: bool) -> list[dict[str, Any]]:
     from bench import requests_bench as rb
 
@@ -62,8 +77,7 @@ def section_requests(work: Path, quick: bool) -> list[dict[str, Any]]:
             direct, proxied = loop.run_until_complete(targets())
             # a job of this proxy's, so "job status" is a real job lookup on both paths
             job = loop.run_until_complete(proxied.post_json("/jobs", {
-                "program_id": "sampler", "backend": "ibm_fez",
-                "params": {"pubs": [], "version": 2, "support_qiskit": False, "options": {}},
+                "program_id": "sampler", "backend": "ibm_fez", "params": bell_params(),
             }))
             jid = job["id"]
             rows = rb.run_latency(direct, proxied, {
@@ -76,6 +90,27 @@ def section_requests(work: Path, quick: bool) -> list[dict[str, Any]]:
             loop.run_until_complete(proxied.__aexit__())
             loop.close()
     return rows
+
+
+def section_bodies(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import bodies
+    from bench import requests_bench as rb
+
+    with common.emulator(work, "--backends", "fake_fez", "--lanes", "2", "--diagnostics") as emu:
+        cfg = common.write_config(work, emu)
+        with common.proxy(cfg, work) as px:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            direct = loop.run_until_complete(
+                rb.Target(emu.url, emu.api_key, emu.instance).__aenter__())
+            proxied = loop.run_until_complete(
+                rb.Target(px.url, px.token, px.env["QISKIT_IBM_INSTANCE"]).__aenter__())
+            try:
+                return bodies.run(direct, proxied, px.proc.pid, 3 if quick else 5)
+            finally:
+                loop.run_until_complete(direct.__aexit__())
+                loop.run_until_complete(proxied.__aexit__())
+                loop.close()
 
 
 def section_e2e(work: Path, quick: bool) -> list[dict[str, Any]]:
@@ -117,6 +152,7 @@ def section_emulator(work: Path, quick: bool) -> list[dict[str, Any]]:
 SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "1": section_requests,  # also 2
     "3": section_e2e,
+    "4": section_bodies,
     "5": section_footprint,
     "7": section_emulator,
 }

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.3,
         help="every job stays Running at least this long (real jobs never finish instantly)",
     )
+    p.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also serve the 'qproxy-blob' program (sized results, for benchmarks)",
+    )
     p.add_argument("--token-ttl", type=int, default=3600, help="IAM access token lifetime (s)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -128,5 +133,9 @@ def main(argv: list[str]) -> int:
     except (ValueError, OSError) as exc:
         print(f"qproxy emulator: {exc}", file=sys.stderr)
         return 2
+    if args.diagnostics:
+        from .programs import enable_diagnostics
+
+        enable_diagnostics()
     asyncio.run(_serve(args, devices, keys))
     return 0

@@ -286,6 +286,31 @@ PREPARERS: dict[str, Callable[[Device, Any], Prepared]] = {
 }
 
 
+def prepare_blob(device: Device, params: Any) -> Prepared:
+    """Diagnostic program ``qproxy-blob`` (only with ``--diagnostics``): a result of a chosen
+    size, ignoring any padding in the params. It exists so benchmarks can push ~100 MB
+    results and ~20 MB submissions through the real results/jobs paths without simulating
+    for minutes; it is never served unless the operator asks for it."""
+    if not isinstance(params, dict):
+        raise ApiError(400, "'params' must be an object.", 1400)
+    size = params.get("result_bytes", 0)
+    if not isinstance(size, int) or not 0 <= size <= 512 * 1024 * 1024:
+        raise ApiError(400, "'params.result_bytes' must be an integer in [0, 512 MiB].", 1400)
+
+    def run(seed: int) -> str:
+        import base64
+        import os
+
+        raw = os.urandom(size * 3 // 4 + 3)
+        return json.dumps({"blob": base64.b64encode(raw).decode()[:size]})
+
+    return Prepared(run=run, shots=0, circuits=0)
+
+
+def enable_diagnostics() -> None:
+    PREPARERS["qproxy-blob"] = prepare_blob
+
+
 def prepare(program_id: str, device: Device, params: Any) -> Prepared:
     """Validate a job's input for ``program_id`` (400 on bad input, 404 on unknown program)."""
     try:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .errors import ApiError
 from .jobs import FINAL_STATES, PENDING_STATES, Scheduler, Session, _new_id, now_iso
-from .programs import PROGRAMS, prepare
+from .programs import PREPARERS, prepare
 
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 INSTANCE = web.AppKey("instance", str)
@@ -95,7 +95,7 @@ async def create_job(request: web.Request) -> web.Response:
     program_id = body.get("program_id")
     if not isinstance(program_id, str) or not program_id:
         raise ApiError(400, "'program_id' is required.", 1400)
-    if program_id not in PROGRAMS:
+    if program_id not in PREPARERS:
         raise ApiError(404, f"Program {program_id!r} not found.", 1404)
     session_id = body.get("session_id")
     backend = body.get("backend")
