@@ -10,6 +10,10 @@ install:
 plugin:
 	$(MAKE) -C spank_hooks
 
+# Local single-node Slurm + emulator, then the three user flows in examples/ (needs root).
+demo: install plugin
+	scripts/demo
+
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 

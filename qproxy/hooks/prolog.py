@@ -1,0 +1,130 @@
+"""Job prolog (root, at allocation with PrologFlags=Alloc): validate the request against the
+admin config and Slurm's view of the job, lease the lanes, start the job's proxy and write the
+connection record. Never fails the prolog: errors go to the job's state dir for task-env."""
+
+from __future__ import annotations
+
+import pwd
+import time
+
+from qproxy.config import Config, Resource
+from qproxy.hooks import lease, proxyproc
+from qproxy.hooks.slurm import JobInfo, SlurmError, job_info, set_admin_comment
+from qproxy.hooks.state import JobState, log
+
+
+class JobRefused(Exception):
+    """A user-facing reason this job gets no QPU (shown on the job's stderr)."""
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _job_info(job_id: str) -> JobInfo:
+    """The job is RUNNING/CONFIGURING when the prolog runs; retry briefly on a busy ctld."""
+    last: Exception | None = None
+    for _ in range(5):
+        try:
+            return job_info(job_id)
+        except SlurmError as exc:
+            last = exc
+            time.sleep(1)
+    raise JobRefused(f"cannot read job {job_id} from Slurm ({last}); ask your admin")
+
+
+def lanes_for(resource: Resource, info: JobInfo) -> int:
+    """Lanes come only from what Slurm allocated: -L <resource>:N, else --gres=qpu:N."""
+    if info.licenses.get(resource.name):
+        return info.licenses[resource.name]
+    if info.gres_qpu:
+        return info.gres_qpu
+    other = ", ".join(sorted(info.licenses)) or "none"
+    raise JobRefused(
+        f"--q_backend={resource.name} needs QPU lanes from Slurm: add --gres=qpu:N or "
+        f"-L {resource.name}:N (N <= {resource.lanes}); job's licences: {other}"
+    )
+
+
+def check(config: Config, backend: str, user: str, info: JobInfo) -> tuple[Resource, int]:
+    if backend not in config.resources:
+        known = ", ".join(sorted(config.resources)) or "none"
+        raise JobRefused(f"unknown QPU backend '{backend}' (this cluster has: {known})")
+    resource = config.resources[backend]
+    lanes = lanes_for(resource, info)
+    if lanes > resource.lanes:
+        raise JobRefused(
+            f"job asked for {lanes} lanes of {backend}, which has only {resource.lanes}")
+    if resource.allowed_users and user not in resource.allowed_users:
+        raise JobRefused(f"user {user} may not use QPU {backend}")
+    if resource.allowed_accounts and info.account not in resource.allowed_accounts:
+        raise JobRefused(f"account '{info.account}' may not use QPU {backend}")
+    return resource, lanes
+
+
+def start_proxy(config: Config, job: JobState, resource: Resource, user: str, lanes: int,
+                info: JobInfo) -> int:
+    args = ["--config", str(config.path), "--job-id", job.job_id, "--user", user,
+            "--backend", resource.name, "--lanes", str(lanes),
+            "--end-time", str(int(info.end_time or time.time() + 365 * 86400)),
+            "--env-file", str(job.env_file), "--ledger-file", str(job.ledger),
+            "--summary-file", str(job.summary)]
+    if info.account:
+        args += ["--account", info.account]
+    proc = proxyproc.start(args, job.proxy_log)
+    deadline = time.monotonic() + config.proxy.start_timeout_seconds
+    while time.monotonic() < deadline:
+        if job.env_file.exists():
+            return proc.pid
+        if proc.poll() is not None:
+            raise JobRefused(
+                f"the QPU proxy for {resource.name} exited at start (code {proc.returncode}); "
+                "ask your admin (proxy log in the node's qproxy state dir)")
+        time.sleep(0.05)
+    proxyproc.stop(proc.pid, job.job_id, grace=2)
+    raise JobRefused(f"the QPU proxy for {resource.name} did not become ready in "
+                     f"{config.proxy.start_timeout_seconds:.0f}s; ask your admin")
+
+
+def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
+    job = JobState.of(config, job_id)
+    old = job.read_record()
+    if old and isinstance(old.get("pid"), int):  # requeued job: stop the previous proxy
+        proxyproc.stop(old["pid"], job_id, grace=5)
+    job.remove()
+    job.create()
+    user = _user_name(uid)
+    t0 = time.monotonic()
+    leased = False
+    try:
+        info = _job_info(job_id)
+        resource, lanes = check(config, backend, user, info)
+        try:
+            lease.acquire(config, resource, job_id, lanes)
+        except lease.LanesBusy as exc:
+            raise JobRefused(str(exc)) from None
+        leased = True
+        pid = start_proxy(config, job, resource, user, lanes, info)
+        job.write_record({
+            "job_id": job_id, "user": user, "uid": uid, "account": info.account,
+            "resource": resource.name, "upstream_backend": resource.backend, "lanes": lanes,
+            "pid": pid, "env_file": str(job.env_file), "started": time.time(),
+        })
+        set_admin_comment(job_id, f"qpu backend={resource.name} lanes={lanes}")
+        log.info("job %s: proxy pid %d for %s (%d lanes, user %s) ready in %.2fs",
+                 job_id, pid, resource.name, lanes, user, time.monotonic() - t0)
+    except JobRefused as exc:
+        log.info("job %s: refused: %s", job_id, exc)
+        job.set_error(str(exc))
+        if leased:
+            lease.release(config, job_id)
+    except Exception:
+        log.exception("job %s: prolog failed", job_id)
+        job.set_error("internal error while starting the QPU proxy; ask your admin "
+                      f"(see hooks.log on the node, job {job_id})")
+        if leased:
+            lease.release(config, job_id)
+    return 0

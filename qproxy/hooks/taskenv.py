@@ -1,0 +1,39 @@
+"""Task init helper (root, for each task of a QPU job): print the task's QPU environment as
+KEY=VALUE lines for the SPANK plugin to set with overwrite=1; or print one line (the reason)
+and exit 1, which makes the plugin fail the task with that message on the job's stderr."""
+
+from __future__ import annotations
+
+from qproxy.clientenv import CLIENT_ENV_NAMES
+from qproxy.config import Config
+from qproxy.hooks import proxyproc
+from qproxy.hooks.state import JobState
+
+
+class NoQPU(Exception):
+    pass
+
+
+def task_env(config: Config, job_id: str) -> dict[str, str]:
+    job = JobState.of(config, job_id)
+    error = job.read_error()
+    if error:
+        raise NoQPU(f"job {job_id} cannot use the QPU: {error}")
+    record = job.read_record()
+    if record is None:
+        raise NoQPU(f"no QPU proxy was started for job {job_id} on this node (the job prolog "
+                    "did not run or failed); ask your admin")
+    pid = record.get("pid")
+    if not isinstance(pid, int) or not proxyproc.is_our_proxy(pid, job_id):
+        raise NoQPU(f"the QPU proxy of job {job_id} is no longer running")
+    try:
+        proxy_env = proxyproc.read_env_file(job.env_file)
+    except OSError:
+        raise NoQPU(f"the QPU proxy of job {job_id} is not ready") from None
+    missing = [k for k in CLIENT_ENV_NAMES if k not in proxy_env]
+    if missing:
+        raise NoQPU(f"the QPU proxy of job {job_id} gave no {', '.join(missing)}")
+    env = {k: proxy_env[k] for k in CLIENT_ENV_NAMES}
+    env["QPU_BACKEND"] = str(record["resource"])
+    env["QPU_LANES"] = str(record["lanes"])
+    return env

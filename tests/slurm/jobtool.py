@@ -1,0 +1,91 @@
+"""Run INSIDE test jobs (as the job user): small probes of the job's QPU environment.
+Stdlib only except `busy`, which uses the unmodified qiskit-ibm-runtime client."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+def _request(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def iam(base: str, apikey: str) -> tuple[int, str]:
+    body = urllib.parse.urlencode(
+        {"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": apikey}
+    ).encode()
+    code, raw = _request(
+        "POST",
+        base.rstrip("/") + "/identity/token",
+        body,
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    token = json.loads(raw).get("access_token", "") if code == 200 else ""
+    return code, token
+
+
+def main(argv: list[str]) -> int:
+    cmd = argv[0]
+    env = os.environ
+    if cmd == "env-dump":  # env-dump FILE
+        with open(argv[1] + ".tmp", "w") as fh:
+            json.dump(dict(env), fh)
+        os.replace(argv[1] + ".tmp", argv[1])
+    elif cmd == "iam":  # iam URL APIKEY -> HTTP status of the token exchange
+        print("iam", iam(argv[1], argv[2])[0])
+    elif cmd == "other-backend":  # other-backend NAME -> statuses with our own token
+        code, token = iam(env["IAM_URL"], env["QISKIT_IBM_TOKEN"])
+        assert code == 200, code
+        hdr = {
+            "Authorization": f"Bearer {token}",
+            "Service-CRN": env["QISKIT_IBM_INSTANCE"],
+            "Content-Type": "application/json",
+        }
+        base = env["QISKIT_IBM_URL"].rstrip("/")
+        body = json.dumps(
+            {"program_id": "sampler", "backend": argv[1], "params": {"pubs": [], "version": 2}}
+        ).encode()
+        print("create", _request("POST", base + "/jobs", body, hdr)[0])
+        print("config", _request("GET", f"{base}/backends/{argv[1]}/configuration", None, hdr)[0])
+    elif cmd == "busy":  # busy N: submit N long sampler jobs, print their ids, then wait
+        from qiskit import QuantumCircuit
+        from qiskit.transpiler import generate_preset_pass_manager
+        from qiskit_ibm_runtime import QiskitRuntimeService, SamplerV2
+
+        service = QiskitRuntimeService()
+        backend = service.backend(env["QPU_BACKEND"])
+        n = 8  # moderate: the emulator serves everybody and must stay responsive
+        qc = QuantumCircuit(n)
+        qc.h(range(n))
+        for layer in range(10):
+            for q in range(n - 1):
+                qc.cx(q, q + 1)
+                qc.rz(0.1 * layer, q + 1)
+                qc.sx(q)
+        qc.measure_all()
+        isa = generate_preset_pass_manager(optimization_level=0, backend=backend).run(qc)
+        sampler = SamplerV2(mode=backend)
+        for _ in range(int(argv[1])):
+            print("upstream-job", sampler.run([isa], shots=20000).job_id(), flush=True)
+        time.sleep(3600)
+    else:
+        print(f"unknown command {cmd}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
