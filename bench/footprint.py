@@ -70,7 +70,8 @@ def run(cfg: Path, workdir: Path, rounds: int = 5) -> list[dict[str, Any]]:
         return t
 
     b, s = alternate(base, subj, rounds)
-    b_mb, s_mb = median([float(x) for x in base_rss]) / 1024, median([float(x) for x in subj_rss]) / 1024
+    b_mb = median([float(x) for x in base_rss]) / 1024
+    s_mb = median([float(x) for x in subj_rss]) / 1024
     return [
         {
             "bench": "5. idle proxy RSS",

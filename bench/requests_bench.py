@@ -7,6 +7,7 @@ through a proxy (subject), over keep-alive connections as the client library mak
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -102,17 +103,16 @@ def run_latency(
         base_all: list[float] = []
         subj_all: list[float] = []
 
-        def base() -> float:
-            lat = loop.run_until_complete(_latencies(direct, dpath, n))
-            base_all.extend(lat)
+        def measure(target: Target, path: str, sink: list[float]) -> float:
+            lat = loop.run_until_complete(_latencies(target, path, n))
+            sink.extend(lat)
             return median(lat)
 
-        def subj() -> float:
-            lat = loop.run_until_complete(_latencies(proxied, ppath, n))
-            subj_all.extend(lat)
-            return median(lat)
-
-        b, s = alternate(base, subj, rounds)
+        b, s = alternate(
+            functools.partial(measure, direct, dpath, base_all),
+            functools.partial(measure, proxied, ppath, subj_all),
+            rounds,
+        )
         b50, s50 = median(b), median(s)
         rows.append({
             "bench": f"1. latency {label}",

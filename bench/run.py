@@ -149,11 +149,18 @@ def section_emulator(work: Path, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def section_slurm(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import slurm_bench
+
+    return slurm_bench.run(work, quick)
+
+
 SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "1": section_requests,  # also 2
     "3": section_e2e,
     "4": section_bodies,
     "5": section_footprint,
+    "6": section_slurm,
     "7": section_emulator,
 }
 
@@ -180,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(key)
                 got = [{"bench": f"section {key}", "error": str(exc), "ok": False}]
             for row in got:
-                print(fmt_row(row) if "error" not in row else f"{row['bench']}: ERROR {row['error']}",
-                      flush=True)
+                err = row.get("error")
+                line = f"{row['bench']}: ERROR {err}" if err else fmt_row(row)
+                print(line, flush=True)
             rows.extend(got)
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

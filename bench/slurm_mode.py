@@ -162,7 +162,7 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     subprocess.run([PY, str(REPO / "scripts" / "cluster"), "up"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     emu = Emulator()
-    n, iters, pubs = (3, 2, 1) if quick else (3, 3, 2)
+    n, iters, pubs = (3, 2, 1) if quick else (3, 2, 3)
     shots = 1_000_000
     wd = _workdir()
     # calibration, uncontended: the quantum phase Q and the per-call overhead of mode (b)

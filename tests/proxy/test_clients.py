@@ -1,8 +1,9 @@
 """Client compatibility: pinned qiskit-ibm-runtime releases in scratch venvs, through the proxy.
 
 Slow (a venv + pip install per version, ~1 min each the first time; pip's wheel cache makes it
-faster after). Venvs are kept in $QPROXY_CLIENT_VENVS (default: .state/client-venvs
-in the clone, git-ignored) so reruns only pay for the client script. Versions: $QPROXY_CLIENT_VERSIONS (comma-separated).
+faster after). Venvs are kept in $QPROXY_CLIENT_VENVS (default: .state/client-venvs in the
+clone, git-ignored) so reruns only pay for the client script. Versions:
+$QPROXY_CLIENT_VERSIONS (comma-separated).
 """
 
 from __future__ import annotations

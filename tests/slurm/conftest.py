@@ -208,5 +208,5 @@ def cluster() -> Iterator[Cluster]:
 def qpu_cluster(cluster: Cluster) -> Cluster:
     """Flows that talk to a QPU need `qproxy emulator` (and `qproxy serve`)."""
     if not cluster.emulator_ready():
-        pytest.skip("the QPU emulator is not running (qproxy.emulator.cli missing?)")
+        pytest.fail("the QPU emulator of the local cluster is not running (see .state/cluster)")
     return cluster
