@@ -17,6 +17,10 @@ demo: install plugin
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
+# Benchmarks: each cost as a ratio against its baseline, measured in the same run.
+bench: install
+	$(PYTHON) -m bench.run
+
 lint:
 	$(PYTHON) -m pip install $(PIP_FLAGS) ruff mypy
 	$(PYTHON) -m ruff check qproxy tests bench

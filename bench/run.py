@@ -149,6 +149,12 @@ def section_emulator(work: Path, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def section_slurm_mode(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import slurm_mode
+
+    return slurm_mode.run(work, quick)
+
+
 def section_slurm(work: Path, quick: bool) -> list[dict[str, Any]]:
     from bench import slurm_bench
 
@@ -162,6 +168,7 @@ SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "5": section_footprint,
     "6": section_slurm,
     "7": section_emulator,
+    "8": section_slurm_mode,  # issue 6: primitive calls as their own Slurm jobs
 }
 
 
