@@ -49,8 +49,24 @@ def _hello(workdir: Path) -> tuple[float, int]:
         stop(proc)
 
 
-def _proxy(cfg: Path, workdir: Path) -> tuple[float, int]:
+def _first_response(url: str) -> None:
+    """Block until the server answers an HTTP request (any status counts)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url + "/api/v1/backends", timeout=30).read()
+    except urllib.error.HTTPError:
+        pass  # 401 without a token: the app is serving
+
+
+def _proxy(cfg: Path, workdir: Path, served: list[float]) -> tuple[float, int]:
+    t0 = time.perf_counter()
     with proxy(cfg, workdir, job_id="fp") as p:
+        # The env file is written once the socket accepts connections; the app finishes
+        # loading just after. Also report when the first request is actually answered.
+        _first_response(p.url)
+        served.append(time.perf_counter() - t0)
         time.sleep(0.3)
         return p.ready_seconds, rss_kb(p.proc.pid)
 
@@ -64,8 +80,10 @@ def run(cfg: Path, workdir: Path, rounds: int = 5) -> list[dict[str, Any]]:
         base_rss.append(r)
         return t
 
+    served: list[float] = []
+
     def subj() -> float:
-        t, r = _proxy(cfg, workdir)
+        t, r = _proxy(cfg, workdir, served)
         subj_rss.append(r)
         return t
 
@@ -79,9 +97,16 @@ def run(cfg: Path, workdir: Path, rounds: int = 5) -> list[dict[str, Any]]:
             "ratio": round(s_mb / b_mb, 3), "target": "<= 40 MB", "ok": s_mb <= 40,
         },
         {
-            "bench": "5. start to ready",
+            "bench": "5. start to ready (env file)",
             "baseline_ms": round(median(b) * 1000, 1), "subject_ms": round(median(s) * 1000, 1),
             "ratio": round(median(s) / median(b), 3), "target": "<= 300 ms",
             "ok": median(s) <= 0.3,
+        },
+        {
+            "bench": "5. start to first response",
+            "baseline_ms": round(median(b) * 1000, 1),
+            "subject_ms": round(median(served) * 1000, 1),
+            "ratio": round(median(served) / median(b), 3), "target": "<= 300 ms",
+            "ok": median(served) <= 0.3,
         },
     ]

@@ -58,6 +58,30 @@ def bell_params() -> dict[str, Any]:
     return dict(json.loads(json.dumps(params, cls=RuntimeEncoder)))
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The README's table: one line a measurement, figures as measured, verdict last."""
+    m = report["machine"]
+    lines = [
+        f"Measured {report['date'][:10]} on {m['cpus']} cores, {m['mem_gb']} GB "
+        f"(Python {m['python']}){' — quick mode' if report['quick'] else ''}.",
+        "",
+        "| benchmark | figures (baseline → subject) | ratio | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['bench']} | error: {row['error']} | | | no |")
+            continue
+        figs = ", ".join(
+            f"{k}={v}" for k, v in row.items() if k not in ("bench", "target", "ok", "ratio")
+        )
+        lines.append(
+            f"| {row['bench']} | {figs} | {row.get('ratio', '')} | {row.get('target', '')} "
+            f"| {'yes' if row.get('ok') else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def section_requests(work: Path, quick: bool) -> list[dict[str, Any]]:
     from bench import requests_bench as rb
 
@@ -134,11 +158,13 @@ def section_emulator(work: Path, quick: bool) -> list[dict[str, Any]]:
     from bench import primitives_bench as pb
 
     rows = []
-    with common.emulator(work, "--backends", "fake_fez", "--lanes", "1") as one:
+    with common.emulator(work, "--backends", "fake_fez", "--lanes", "1") as one, \
+            common.emulator(work, "--backends", "fake_fez", "--lanes", "2") as two:
         rows.append(pb.run_emulator_vs_aer(one.env(), 2 if quick else 3))
-        t1 = [pb.lane_throughput(one.env())]
-    with common.emulator(work, "--backends", "fake_fez", "--lanes", "2") as two:
-        t2 = [pb.lane_throughput(two.env())]
+        t1, t2 = common.alternate(
+            lambda: pb.lane_throughput(one.env()), lambda: pb.lane_throughput(two.env()),
+            2 if quick else 3,
+        )
     ratio = common.median(t2) / common.median(t1)
     rows.append({
         "bench": "7. emulator lanes 2 vs 1",
@@ -204,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    args.output.with_suffix(".md").write_text(markdown(report))
+    print(f"wrote {args.output} and {args.output.with_suffix('.md').name}")
     return 1 if failed else 0
 
 

@@ -8,18 +8,19 @@ coroutine (``cleanup``) with its live upstream client.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from qproxy.config import Config
 from qproxy.policy.isolation import is_final
-from qproxy.upstream.ibm_runtime import IBMRuntimeUpstream, UpstreamError
+
+if TYPE_CHECKING:  # aiohttp is imported only when there is upstream work to clean up
+    from qproxy.upstream.ibm_runtime import IBMRuntimeUpstream
 
 
 class Ledger:
@@ -66,6 +67,8 @@ def job_status(doc: Any) -> str | None:
 
 
 async def _one_job(client: IBMRuntimeUpstream, job_id: str) -> tuple[bool, float]:
+    from qproxy.upstream.ibm_runtime import UpstreamError
+
     cancelled = False
     try:
         code, doc, _ = await client.call("GET", f"/jobs/{job_id}")
@@ -88,6 +91,10 @@ async def cleanup(
     client: IBMRuntimeUpstream, jobs: Iterable[str], sessions: Iterable[str]
 ) -> dict[str, Any]:
     """Cancel active jobs, close sessions, sum quantum seconds."""
+    import asyncio
+
+    from qproxy.upstream.ibm_runtime import UpstreamError
+
     jobs, sessions = list(jobs), list(sessions)
     results = await asyncio.gather(*(_one_job(client, j) for j in jobs))
     for sid in sessions:
@@ -105,7 +112,10 @@ async def cleanup(
 
 def cleanup_job(config: Config, resource_name: str, ledger_path: str | Path) -> dict[str, Any]:
     """Standalone epilog cleanup from a ledger file (no proxy needed)."""
+    import asyncio
+
     from qproxy.secrets import get_secret
+    from qproxy.upstream.ibm_runtime import IBMRuntimeUpstream
 
     resource = config.resource(resource_name)
     upstream = config.upstream_for(resource)

@@ -7,6 +7,7 @@ for (or pulls in) qiskit, which only the emulator needs.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int`.
@@ -35,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qproxy: unknown command {name!r} (try: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    rc = int(module.main(rest) or 0)
+    if getattr(module, "EXIT_AT_ONCE", False) and argv is None:
+        # The module has closed and fsync'ed what it wrote; skip the interpreter's teardown
+        # of aiohttp & co. (tens of ms that the epilog would wait for).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class ProxySettings:
     lanes_mode: str = "wait"
     # How long a waiting submission may wait for a lane before 429 (seconds).
     lanes_wait_seconds: float = 600.0
-    # Seconds to wait for the proxy to become ready when the hook starts it.
+    # Seconds task-env waits for the job's proxy to become ready (at most 45 s: see taskenv).
     start_timeout_seconds: float = 20.0
     # How often the proxy polls upstream for the status of this job's active jobs (lanes).
     status_poll_seconds: float = 1.0

@@ -12,10 +12,12 @@ import os
 import stat
 import tomllib
 from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING
 
 from qproxy.config import Config
+
+if TYPE_CHECKING:  # imported lazily: only encrypted secrets need cryptography (~30 ms)
+    from cryptography.fernet import Fernet
 
 PREFIX = "fernet:"
 
@@ -52,6 +54,8 @@ def read_table(path: Path) -> dict[str, str]:
 
 
 def load_key(path: Path) -> Fernet:
+    from cryptography.fernet import Fernet
+
     check_private(path, "secrets key file")
     try:
         return Fernet(path.read_bytes().strip())
@@ -62,6 +66,8 @@ def load_key(path: Path) -> Fernet:
 def decode(value: str, key_file: Path) -> str:
     if not value.startswith(PREFIX):
         return value
+    from cryptography.fernet import InvalidToken
+
     try:
         return load_key(key_file).decrypt(value[len(PREFIX):].encode()).decode()
     except InvalidToken:
@@ -97,6 +103,8 @@ def init_key(path: Path) -> None:
     if path.exists():
         raise SecretsError(f"{path} already exists; not overwriting a key (secrets need it)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    from cryptography.fernet import Fernet
+
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(Fernet.generate_key() + b"\n")

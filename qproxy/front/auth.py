@@ -5,18 +5,81 @@ is NOT the vendor credential and is worth nothing outside this one proxy. The cl
 it at ``POST /identity/token`` for a JWT (HS256, signed with a per-process random key, so
 restarting the proxy invalidates all of them) and sends ``Authorization: Bearer <jwt>``;
 ``Authorization: apikey <token>`` is accepted too (the client's fallback).
+
+The JWTs are HS256 only, minted and checked by this one process, so they are done here with
+hmac/hashlib/base64 (RFC 7519 subset: header, claims, HMAC-SHA256) rather than with pyjwt,
+which imports ``cryptography`` (~30 ms and several MB per proxy) for algorithms never used.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
+import json
 import secrets
 import time
 from typing import Any
 
-import jwt
-
 ISSUER = "qproxy"
+_HEADER = b'{"alg":"HS256","typ":"JWT"}'
+LEEWAY = 0
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _unb64(data: bytes) -> bytes:
+    return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+
+
+def encode_hs256(claims: dict[str, Any], key: bytes) -> str:
+    signing = _b64(_HEADER) + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+    sig = hmac.new(key, signing, hashlib.sha256).digest()
+    return (signing + b"." + _b64(sig)).decode()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+class InvalidJWT(ValueError):
+    pass
+
+
+def decode_hs256(token: str, key: bytes, now: float) -> dict[str, Any]:
+    """Verify signature (HS256 only: the header must name it), then exp/iat/iss."""
+    try:
+        raw = token.encode("ascii")
+        head, body, sig = raw.split(b".")
+        expected = hmac.new(key, head + b"." + body, hashlib.sha256).digest()
+        if not hmac.compare_digest(_unb64(sig), expected):
+            raise InvalidJWT("bad signature")
+        header = json.loads(_unb64(head))  # parsed only once it is known to be ours
+        if not isinstance(header, dict) or header.get("alg") != "HS256":
+            raise InvalidJWT("bad algorithm")
+        claims = json.loads(_unb64(body))
+    except (ValueError, binascii.Error, UnicodeError) as exc:
+        raise InvalidJWT(str(exc)) from None
+    if not isinstance(claims, dict):
+        raise InvalidJWT("claims are not an object")
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not (_is_number(exp) and _is_number(iat)):
+        raise InvalidJWT("missing exp/iat")
+    assert isinstance(exp, int | float) and isinstance(iat, int | float)
+    if claims.get("iss") != ISSUER:
+        raise InvalidJWT("bad issuer")
+    if iat > now + LEEWAY:
+        raise InvalidJWT("issued in the future")
+    if now >= exp + LEEWAY:
+        raise ExpiredJWT("expired")
+    return claims
+
+
+class ExpiredJWT(InvalidJWT):
+    pass
 
 
 def new_job_token() -> str:
@@ -39,18 +102,15 @@ class JobAuth:
         exp = now + self.ttl
         claims = {"iss": ISSUER, "sub": f"slurm_job:{self.job_id}", "iat": now, "exp": exp,
                   "jti": secrets.token_hex(8)}
-        return jwt.encode(claims, self._key, algorithm="HS256"), exp
+        return encode_hs256(claims, self._key), exp
 
     def check_jwt(self, token: str) -> str | None:
         """None if valid, else the reason (for the 401 message)."""
         try:
-            jwt.decode(
-                token, self._key, algorithms=["HS256"], issuer=ISSUER,
-                options={"require": ["exp", "iat", "iss"]},
-            )
-        except jwt.ExpiredSignatureError:
+            decode_hs256(token, self._key, time.time())
+        except ExpiredJWT:
             return "access token expired; request a new one at /identity/token"
-        except jwt.PyJWTError:
+        except InvalidJWT:
             return "invalid access token"
         return None
 

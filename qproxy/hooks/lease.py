@@ -19,7 +19,9 @@ Leases = dict[str, dict[str, int]]
 
 
 class LanesBusy(RuntimeError):
-    pass
+    def __init__(self, message: str, holders: list[str]) -> None:
+        super().__init__(message)
+        self.holders = holders
 
 
 @contextmanager
@@ -51,7 +53,8 @@ def acquire(config: Config, resource: Resource, job_id: str, lanes: int) -> None
             raise LanesBusy(
                 f"QPU {resource.name} is busy: {used} of its {resource.lanes} lanes are in use "
                 f"on this node ({users}); request them through Slurm (--gres=qpu:N or "
-                f"-L {resource.name}:N) so the job waits instead"
+                f"-L {resource.name}:N) so the job waits instead",
+                sorted(held),
             )
         held[job_id] = lanes
 

@@ -9,7 +9,13 @@ import time
 
 from qproxy.config import Config, Resource
 from qproxy.hooks import lease, proxyproc
-from qproxy.hooks.slurm import JobInfo, SlurmError, job_info, set_admin_comment
+from qproxy.hooks.slurm import (
+    JobInfo,
+    SlurmError,
+    finish_admin_comment,
+    job_info,
+    start_admin_comment,
+)
 from qproxy.hooks.state import JobState, log
 
 
@@ -65,6 +71,25 @@ def check(config: Config, backend: str, user: str, info: JobInfo) -> tuple[Resou
     return resource, lanes
 
 
+# Slurm may start a job while the device's lanes are still leased on this node: a GRES count
+# shared by several devices admits more jobs than one device has lanes, and a finished job's
+# lanes are leased until its epilog has run. Such overlaps are usually brief (jobs ending),
+# so wait a little for the lanes before failing the job with a clear message.
+SETTLE_SECONDS = 15.0
+
+
+def acquire_lanes(config: Config, resource: Resource, job_id: str, lanes: int) -> None:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            lease.acquire(config, resource, job_id, lanes)
+            return
+        except lease.LanesBusy as exc:
+            if time.monotonic() >= deadline:
+                raise JobRefused(str(exc)) from None
+        time.sleep(0.2)
+
+
 def start_proxy(config: Config, job: JobState, resource: Resource, user: str, lanes: int,
                 info: JobInfo) -> int:
     args = ["--config", str(config.path), "--job-id", job.job_id, "--user", user,
@@ -74,19 +99,9 @@ def start_proxy(config: Config, job: JobState, resource: Resource, user: str, la
             "--summary-file", str(job.summary)]
     if info.account:
         args += ["--account", info.account]
-    proc = proxyproc.start(args, job.proxy_log)
-    deadline = time.monotonic() + config.proxy.start_timeout_seconds
-    while time.monotonic() < deadline:
-        if job.env_file.exists():
-            return proc.pid
-        if proc.poll() is not None:
-            raise JobRefused(
-                f"the QPU proxy for {resource.name} exited at start (code {proc.returncode}); "
-                "ask your admin (proxy log in the node's qproxy state dir)")
-        time.sleep(0.05)
-    proxyproc.stop(proc.pid, job.job_id, grace=2)
-    raise JobRefused(f"the QPU proxy for {resource.name} did not become ready in "
-                     f"{config.proxy.start_timeout_seconds:.0f}s; ask your admin")
+    # Not waiting for readiness here: the proxy's start overlaps the step launch, and the
+    # first task's `task-env` waits (bounded) for its env file or reports that it died.
+    return proxyproc.start(args, job.proxy_log).pid
 
 
 def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
@@ -102,19 +117,17 @@ def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
     try:
         info = _job_info(job_id)
         resource, lanes = check(config, backend, user, info)
-        try:
-            lease.acquire(config, resource, job_id, lanes)
-        except lease.LanesBusy as exc:
-            raise JobRefused(str(exc)) from None
+        acquire_lanes(config, resource, job_id, lanes)
         leased = True
         pid = start_proxy(config, job, resource, user, lanes, info)
+        comment = start_admin_comment(job_id, f"qpu backend={resource.name} lanes={lanes}")
         job.write_record({
             "job_id": job_id, "user": user, "uid": uid, "account": info.account,
             "resource": resource.name, "upstream_backend": resource.backend, "lanes": lanes,
             "pid": pid, "env_file": str(job.env_file), "started": time.time(),
         })
-        set_admin_comment(job_id, f"qpu backend={resource.name} lanes={lanes}")
-        log.info("job %s: proxy pid %d for %s (%d lanes, user %s) ready in %.2fs",
+        finish_admin_comment(job_id, comment)
+        log.info("job %s: proxy pid %d for %s (%d lanes, user %s) started in %.2fs",
                  job_id, pid, resource.name, lanes, user, time.monotonic() - t0)
     except JobRefused as exc:
         log.info("job %s: refused: %s", job_id, exc)

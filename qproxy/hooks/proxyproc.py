@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # task-env (once per task) never starts a process
+    import subprocess
 
 CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "LANG": "C.UTF-8"}
@@ -16,6 +20,8 @@ CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """``setsid`` + stdio to a file: the proxy must outlive the prolog and must not hold the
     prolog's pipes open (slurmd would wait for them)."""
+    import subprocess
+
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         return subprocess.Popen(
@@ -53,22 +59,80 @@ def alive(pid: int) -> bool:
         return False
 
 
-def stop(pid: int, job_id: str, grace: float = 15.0) -> str:
-    """SIGTERM (graceful: the proxy cancels upstream work and writes its summary), then
-    SIGKILL. Returns what happened: 'absent', 'terminated' or 'killed'."""
-    if not is_our_proxy(pid, job_id):
-        return "absent"
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
+def _wait_exit(pidfd: int | None, pid: int, timeout: float) -> bool:
+    """True once pid has exited (a zombie counts), within timeout. With a pidfd the kernel
+    wakes us the moment it exits; else poll /proc in short steps."""
+    deadline = time.monotonic() + timeout
+    if pidfd is not None:
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if p.poll(max(0, int(left * 1000) + 1)) or not alive(pid):
+                return True
+            if left <= 0:
+                return False
+    delay = 0.002
     while time.monotonic() < deadline:
         if not alive(pid):
-            return "terminated"
-        time.sleep(0.05)
+            return True
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return not alive(pid)
+
+
+def stop(pid: int, job_id: str, grace: float = 15.0) -> str:
+    """SIGTERM (graceful: the proxy cancels upstream work and writes its summary), then
+    SIGKILL. Returns what happened: 'absent', 'terminated' or 'killed'.
+
+    A pidfd taken before the cmdline check pins the process, so a PID reused in between
+    can never be signalled."""
+    pidfd: int | None = None
     try:
-        os.kill(pid, signal.SIGKILL)
+        pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return "terminated"
-    return "killed"
+        return "absent"
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        if not is_our_proxy(pid, job_id):
+            return "absent"
+        _signal(pidfd, pid, signal.SIGTERM)
+        if _wait_exit(pidfd, pid, grace):
+            return "terminated"
+        try:
+            _signal(pidfd, pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return "terminated"
+        return "killed"
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _signal(pidfd: int | None, pid: int, sig: int) -> None:
+    if pidfd is not None:
+        signal.pidfd_send_signal(pidfd, sig)
+    else:
+        os.kill(pid, sig)
+
+
+def wait_ready(path: Path, pid: int, job_id: str, timeout: float) -> dict[str, str] | None:
+    """The proxy's env file once it exists; None if the proxy is gone or the time is up."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            return read_env_file(path)
+        except FileNotFoundError:
+            pass
+        if not (is_our_proxy(pid, job_id) and alive(pid)) or time.monotonic() > deadline:
+            try:  # it may have written the file and died since the first look
+                return read_env_file(path)
+            except FileNotFoundError:
+                return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -95,13 +95,33 @@ def live_job_ids() -> set[str]:
 
 
 def set_admin_comment(job_id: str, text: str) -> bool:
+    return finish_admin_comment(job_id, start_admin_comment(job_id, text))
+
+
+def start_admin_comment(job_id: str, text: str) -> subprocess.Popen[str] | None:
+    """Start ``scontrol update job=N AdminComment=...``; the prolog does its own work while
+    it runs and collects the answer with ``finish_admin_comment``."""
     try:
-        out = subprocess.run(["scontrol", "update", f"job={job_id}", f"AdminComment={text}"],
-                             capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.Popen(["scontrol", "update", f"job={job_id}", f"AdminComment={text}"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
         log.warning("job %s: scontrol update AdminComment failed: %s", job_id, exc)
+        return None
+
+
+def finish_admin_comment(job_id: str, proc: subprocess.Popen[str] | None,
+                         timeout: float = 15) -> bool:
+    if proc is None:
         return False
-    if out.returncode != 0:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        log.warning("job %s: scontrol update AdminComment timed out", job_id)
+        return False
+    if proc.returncode != 0:
         log.warning("job %s: scontrol update AdminComment: %s", job_id,
-                    (out.stderr or out.stdout).strip()[:200])
-    return out.returncode == 0
+                    (err or out).strip()[:200])
+    return proc.returncode == 0

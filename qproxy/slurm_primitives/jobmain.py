@@ -1,8 +1,10 @@
-"""First primitive job of a backend: run qrun, then cache the device's target for the client.
+"""First primitive job of a backend: cache the device's target for the client, then run qrun.
 
 Why in the same process: the target costs one extra ``QiskitRuntimeService().backend()``
 after qrun (imports already paid), and lets later calls transpile on the client and use the
-stdlib fast path (fastrun.py) instead of importing qiskit while holding a lane.
+stdlib fast path (fastrun.py) instead of importing qiskit while holding a lane. The target
+is written *before* the result, so a client that submits its next call as soon as this result
+appears already finds it.
 """
 
 from __future__ import annotations
@@ -18,16 +20,14 @@ from qproxy.payload import atomic_write
 
 def main(argv: list[str]) -> int:
     kind, payload, output, target_out = argv
-    rc = qrun.main([kind, payload, output])
-    if rc == 0:
-        try:
-            from qiskit_ibm_runtime import QiskitRuntimeService
+    try:
+        from qiskit_ibm_runtime import QiskitRuntimeService
 
-            backend = QiskitRuntimeService().backend(os.environ["QPU_BACKEND"])
-            atomic_write(Path(target_out), pickle.dumps(backend.target))
-        except Exception as exc:  # noqa: BLE001 - the cache is an optimisation only
-            print(f"qrun: note: could not cache the target: {exc}", file=sys.stderr)
-    return rc
+        backend = QiskitRuntimeService().backend(os.environ["QPU_BACKEND"])
+        atomic_write(Path(target_out), pickle.dumps(backend.target))
+    except Exception as exc:  # noqa: BLE001 - the cache is an optimisation only
+        print(f"qrun: note: could not cache the target: {exc}", file=sys.stderr)
+    return qrun.main([kind, payload, output])
 
 
 if __name__ == "__main__":

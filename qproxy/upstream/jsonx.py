@@ -24,7 +24,7 @@ class Doc:
         self.stdlib = stdlib
 
 
-def loads(raw: bytes) -> Doc:
+def loads(raw: bytes | bytearray) -> Doc:
     """Parse; raise ValueError if it is not JSON at all."""
     try:
         return Doc(orjson.loads(raw))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from qproxy.config import load
-from qproxy.hooks import lease
+from qproxy.hooks import lease, proxyproc
 from qproxy.hooks.prolog import JobRefused, check
 from qproxy.hooks.slurm import JobInfo, gres_lanes, parse_licenses
 
@@ -66,3 +69,51 @@ def test_lease(tmp_path: Path) -> None:
     (tmp_path / "4").mkdir()
     lease.acquire(config, fez, "4", 1)
     assert lease.held(config)["ibm_fez"] == {"3": 1, "4": 1}
+
+
+def _fake_proxy(job_id: str, ignore_term: bool = False) -> subprocess.Popen[bytes]:
+    """A process whose command line looks like `... serve --job-id <id>`."""
+    code = "import signal, time\n"
+    if ignore_term:
+        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    code += "print('up', flush=True)\ntime.sleep(60)\n"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--job-id", job_id],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    return proc
+
+
+def test_proxy_stop() -> None:
+    p = _fake_proxy("41")
+    try:
+        assert proxyproc.stop(p.pid, "42") == "absent"  # not that job's proxy: untouched
+        assert p.poll() is None
+        t0 = time.monotonic()
+        assert proxyproc.stop(p.pid, "41") == "terminated"
+        assert time.monotonic() - t0 < 2
+        p.wait(5)
+        stubborn = _fake_proxy("43", ignore_term=True)
+        assert proxyproc.stop(stubborn.pid, "43", grace=0.3) == "killed"
+        stubborn.wait(5)
+        assert proxyproc.stop(stubborn.pid, "43") == "absent"
+    finally:
+        p.kill()
+
+
+def test_wait_ready(tmp_path: Path) -> None:
+    env = tmp_path / "proxy.env"
+    p = _fake_proxy("44")
+    try:
+        t0 = time.monotonic()
+        assert proxyproc.wait_ready(env, p.pid, "44", 0.2) is None  # alive, never ready
+        assert time.monotonic() - t0 >= 0.2
+        env.write_text("A=1\nB=x=y\n")
+        assert proxyproc.wait_ready(env, p.pid, "44", 5) == {"A": "1", "B": "x=y"}
+        env.unlink()
+        p.kill()
+        p.wait(5)
+        t0 = time.monotonic()
+        assert proxyproc.wait_ready(env, p.pid, "44", 30) is None  # gone: no waiting
+        assert time.monotonic() - t0 < 1
+    finally:
+        p.kill()

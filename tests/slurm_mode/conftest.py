@@ -34,7 +34,7 @@ EMULATOR = f"http://127.0.0.1:{os.environ.get('QPROXY_CLUSTER_EMULATOR_PORT', '8
 def qpu(cluster: Any) -> Any:
     """The cluster, with its QPU emulator ready (flows that run circuits need it)."""
     if not cluster.emulator_ready():
-        pytest.skip("the QPU emulator is not running (qproxy.emulator.cli missing?)")
+        pytest.fail("the QPU emulator of the local cluster is not running")
     return cluster
 
 
