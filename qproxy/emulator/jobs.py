@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import time
 import traceback
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import worker
 from .backends import Device
 from .errors import ApiError
 from .programs import Prepared
@@ -208,7 +210,13 @@ class Scheduler:
         self._queues: dict[str, asyncio.Queue[Job]] = {}
         self._workers: list[asyncio.Task[None]] = []
         total = sum(d.lanes for d in devices.values())
-        self._pool = ThreadPoolExecutor(max_workers=max(1, total), thread_name_prefix="lane")
+        # light work (noise-model warm-up for submit-time checks) stays in a thread
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm")
+        # simulations run in worker processes, one per lane (see worker.py for why);
+        # forkserver: workers start from a clean process, not a fork of this threaded one
+        self._procs = ProcessPoolExecutor(
+            max_workers=max(1, total), mp_context=multiprocessing.get_context("forkserver")
+        )
 
     async def start(self) -> None:
         """Start the lane workers and build the noise models in the background."""
@@ -218,6 +226,7 @@ class Scheduler:
             self._queues[name] = queue
             for lane in range(device.lanes):
                 self._workers.append(asyncio.create_task(self._lane(device, lane, queue)))
+                loop.run_in_executor(self._procs, worker.warm_up, device.name, device.fake_name)
             loop.run_in_executor(self._pool, device.noise_model)
 
     async def stop(self) -> None:
@@ -225,6 +234,7 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._procs.shutdown(wait=False, cancel_futures=True)
 
     def queue_length(self, backend: str) -> int:
         return sum(1 for j in self.jobs.values() if j.backend == backend and j.state == QUEUED)
@@ -305,8 +315,11 @@ class Scheduler:
             job.running = time.time()
             job.log(f"job running on {device.name} lane {lane}")
             try:
-                result, _ = await asyncio.gather(
-                    loop.run_in_executor(self._pool, job.prepared.run, job.seed),
+                (outcome, result, code), _ = await asyncio.gather(
+                    loop.run_in_executor(
+                        self._procs, worker.run_job, job.program_id, device.name,
+                        device.fake_name, job.params, job.seed,
+                    ),
                     asyncio.sleep(self.min_job_seconds),
                 )
             except JobFailure as exc:
@@ -318,7 +331,11 @@ class Scheduler:
                 if not job.final:
                     job.set_final(FAILED, f"Internal error while running the job: {exc}", 1500)
                 continue
-            if not job.final:
+            if job.final:
+                continue
+            if outcome == "failed":
+                job.set_final(FAILED, result, code)
+            else:
                 job.result = result
                 job.set_final(COMPLETED)
 
