@@ -44,7 +44,8 @@ ALLOCATED: dict[str, float] = {}
 def _allocated_at(job_id: str) -> float:
     """When slurmctld allocated the job, from its log (ms resolution, local time)."""
     text = (STATE / "log" / "slurmctld.log").read_text(errors="replace")
-    m = re.search(r"\[(\S+?)(\.\d+)?\] sched: Allocate JobId=" + job_id + " ", text)
+    m = re.search(r"\[(\S+?)(\.\d+)?\] (?:sched: Allocate|sched/backfill: _start_job: Started)"
+                  r" JobId=" + job_id + " ", text)
     if not m:
         raise RuntimeError(f"no allocation of job {job_id} in slurmctld.log")
     whole = time.mktime(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
