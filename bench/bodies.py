@@ -12,19 +12,11 @@ import asyncio
 import time
 from typing import Any
 
-from bench.common import alternate, median
+from bench.common import alternate, median, status_kb
 from bench.requests_bench import Target
 
 SUBMIT_MB = 20
 RESULT_MB = 100
-
-
-def _vm(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 async def _submit(t: Target, backend: str, padding: str, result_bytes: int) -> tuple[float, str]:
@@ -86,7 +78,7 @@ def run(direct: Target, proxied: Target, proxy_pid: int, rounds: int) -> list[di
     # Reset the proxy's peak-RSS mark (VmHWM) so the submissions above don't count here.
     with open(f"/proc/{proxy_pid}/clear_refs", "w") as fh:
         fh.write("5")
-    rss_before = _vm(proxy_pid, "VmRSS")
+    rss_before = status_kb(proxy_pid, "VmRSS")
     peaks = []
 
     def fetch(t: Target, jid: str, watch: bool) -> float:
@@ -94,7 +86,7 @@ def run(direct: Target, proxied: Target, proxy_pid: int, rounds: int) -> list[di
         if n < size:
             raise RuntimeError(f"short result: {n} < {size}")
         if watch:
-            peaks.append(_vm(proxy_pid, "VmHWM"))
+            peaks.append(status_kb(proxy_pid, "VmHWM"))
         return secs
 
     b, s = alternate(lambda: fetch(direct, jd, False), lambda: fetch(proxied, jp, True), rounds)

@@ -53,13 +53,31 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def rss_kb(pid: int) -> int:
-    """Resident set size of a process, from /proc (kB)."""
+def status_kb(pid: int, field: str) -> int:
+    """A kB figure of /proc/PID/status (VmRSS, VmHWM, ...)."""
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    return status_kb(pid, "VmRSS")
+
+
+# The local cluster of scripts/cluster, as the Slurm benchmarks use it.
+CLUSTER_STATE = Path(os.environ.get("QPROXY_CLUSTER_DIR", REPO / ".state" / "cluster")).resolve()
+CLUSTER_USER = os.environ.get("QPROXY_CLUSTER_USER", "qpuuser")
+
+
+def cluster_env(**extra: str) -> dict[str, str]:
+    """The clean environment jobs are submitted with (as the cluster's job user)."""
+    return {
+        "SLURM_CONF": str(CLUSTER_STATE / "slurm" / "slurm.conf"),
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": f"/home/{CLUSTER_USER}", "LANG": "C.UTF-8", **extra,
+    }
 
 
 def wait_for_file(path: Path, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -106,11 +124,12 @@ def emulator(workdir: Path, *args: str) -> Iterator[Emulator]:
     keyfile.write_text(key + "\n")
     keyfile.chmod(0o600)
     ready = keyfile.with_suffix(".ready")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qproxy", "emulator", "--host", "127.0.0.1", "--port", "0",
-         "--ready-file", str(ready), "--api-key-file", str(keyfile), *args],
-        stdout=subprocess.DEVNULL, stderr=open(workdir / "emulator.log", "ab"),
-    )
+    with open(workdir / "emulator.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qproxy", "emulator", "--host", "127.0.0.1", "--port", "0",
+             "--ready-file", str(ready), "--api-key-file", str(keyfile), *args],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
     try:
         wait_for_file(ready, 120, proc)
         info = json.loads(ready.read_text())
@@ -168,14 +187,15 @@ def proxy(cfg: Path, workdir: Path, job_id: str = "1", lanes: int = 2,
     jobdir = Path(tempfile.mkdtemp(prefix=f"job{job_id}-", dir=workdir))
     env_file = jobdir / "env"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qproxy", "serve", "--config", str(cfg), "--job-id", job_id,
-         "--user", "bench", "--backend", "ibm_fez", "--lanes", str(lanes),
-         "--end-time", str(int(time.time()) + 3600), "--env-file", str(env_file),
-         "--audit-log", str(jobdir / "audit.jsonl")],
-        stdout=subprocess.DEVNULL, stderr=open(jobdir / "proxy.log", "ab"),
-        env={**os.environ, **(extra_env or {})},
-    )
+    with open(jobdir / "proxy.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qproxy", "serve", "--config", str(cfg), "--job-id", job_id,
+             "--user", "bench", "--backend", "ibm_fez", "--lanes", str(lanes),
+             "--end-time", str(int(time.time()) + 3600), "--env-file", str(env_file),
+             "--audit-log", str(jobdir / "audit.jsonl")],
+            stdout=subprocess.DEVNULL, stderr=log,
+            env={**os.environ, **(extra_env or {})},
+        )
     try:
         wait_for_file(env_file, 30, proc)
         ready = time.perf_counter() - t0

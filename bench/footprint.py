@@ -20,8 +20,6 @@ import sys
 from aiohttp import web
 async def ok(request):
     return web.Response(text="ok")
-async def ready(app):
-    port = app["runner_port"]
 app = web.Application()
 app.router.add_get("/", ok)
 import asyncio

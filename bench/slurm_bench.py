@@ -7,7 +7,6 @@ tears it down) vs the same job without them; alternated, medians of >= 10 each.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess
@@ -16,19 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, alternate, median
+from bench.common import CLUSTER_STATE, CLUSTER_USER, REPO, alternate, cluster_env, median
 
-STATE = Path(os.environ.get("QPROXY_CLUSTER_DIR", REPO / ".state" / "cluster")).resolve()
-USER = os.environ.get("QPROXY_CLUSTER_USER", "qpuuser")
+STATE, USER = CLUSTER_STATE, CLUSTER_USER
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 
 
-def _env() -> dict[str, str]:
-    return {
-        "SLURM_CONF": str(STATE / "slurm" / "slurm.conf"),
-        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": f"/home/{USER}", "LANG": "C.UTF-8",
-    }
+_env = cluster_env
 
 
 def _state(job_id: str) -> str:

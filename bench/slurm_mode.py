@@ -34,9 +34,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.common import CLUSTER_STATE, CLUSTER_USER, cluster_env
+
 REPO = Path(__file__).resolve().parent.parent
-STATE = Path(os.environ.get("QPROXY_CLUSTER_DIR", REPO / ".state" / "cluster")).resolve()
-USER = os.environ.get("QPROXY_CLUSTER_USER", "qpuuser")
+STATE, USER = CLUSTER_STATE, CLUSTER_USER
 EMU = f"http://127.0.0.1:{os.environ.get('QPROXY_CLUSTER_EMULATOR_PORT', '8290')}"
 BACKEND, UPSTREAM = "ibm_torino", "fake_torino"
 PY = sys.executable
@@ -79,9 +80,7 @@ os.replace(out + ".tmp", out)
 
 
 def _env() -> dict[str, str]:
-    return {"SLURM_CONF": str(STATE / "slurm" / "slurm.conf"),
-            "PATH": f"{Path(PY).parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": f"/home/{USER}", "LANG": "C.UTF-8", "PYTHONWARNINGS": "ignore"}
+    return cluster_env(PYTHONWARNINGS="ignore")
 
 
 def _as_user(*cmd: str, cwd: Path) -> str:
