@@ -66,20 +66,6 @@ def rss_kb(pid: int) -> int:
     return status_kb(pid, "VmRSS")
 
 
-# The local cluster of scripts/cluster, as the Slurm benchmarks use it.
-CLUSTER_STATE = Path(os.environ.get("QPROXY_CLUSTER_DIR", REPO / ".state" / "cluster")).resolve()
-CLUSTER_USER = os.environ.get("QPROXY_CLUSTER_USER", "qpuuser")
-
-
-def cluster_env(**extra: str) -> dict[str, str]:
-    """The clean environment jobs are submitted with (as the cluster's job user)."""
-    return {
-        "SLURM_CONF": str(CLUSTER_STATE / "slurm" / "slurm.conf"),
-        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": f"/home/{CLUSTER_USER}", "LANG": "C.UTF-8", **extra,
-    }
-
-
 def wait_for_file(path: Path, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

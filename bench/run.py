@@ -202,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench")
     ap.add_argument("--only", default="", help="comma-separated section numbers")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--output", type=Path, default=None,
+                    help=f"default {RESULTS.name}; with --only, partial.json (so a partial run "
+                    "never replaces the full table the README quotes)")
     args = ap.parse_args(argv)
     wanted = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    if args.output is None:
+        args.output = RESULTS.with_name("partial.json") if args.only else RESULTS
     rows: list[dict[str, Any]] = []
     failed = []
     with tempfile.TemporaryDirectory(prefix="qproxy-bench-") as tmp:

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import CLUSTER_STATE, CLUSTER_USER, REPO, alternate, cluster_env, median
+from bench.common import REPO, alternate, median
+from tests.cluster import STATE, USER, cluster_env
 
-STATE, USER = CLUSTER_STATE, CLUSTER_USER
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 
 

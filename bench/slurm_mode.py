@@ -20,25 +20,20 @@ Needs root and the local cluster (``scripts/cluster up``; QPROXY_CLUSTER_* respe
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import CLUSTER_STATE, CLUSTER_USER, cluster_env
+from qproxy.emulator.reader import EmulatorReader
+from tests.cluster import EMULATOR_URL, STATE, USER, cluster_env
 
 REPO = Path(__file__).resolve().parent.parent
-STATE, USER = CLUSTER_STATE, CLUSTER_USER
-EMU = f"http://127.0.0.1:{os.environ.get('QPROXY_CLUSTER_EMULATOR_PORT', '8290')}"
 BACKEND, UPSTREAM = "ibm_torino", "fake_torino"
 PY = sys.executable
 
@@ -92,41 +87,6 @@ def _as_user(*cmd: str, cwd: Path) -> str:
     return out.stdout
 
 
-class Emulator:
-    """The cluster's emulator, read with the centre's key: job execution spans."""
-
-    def __init__(self) -> None:
-        key = (STATE / "emulator.keys").read_text().split()[0]
-        body = urllib.parse.urlencode({
-            "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": key}).encode()
-        with urllib.request.urlopen(f"{EMU}/identity/token", body, timeout=30) as r:
-            self.token = json.load(r)["access_token"]
-
-    def _get(self, path: str) -> Any:
-        req = urllib.request.Request(f"{EMU}/api/v1{path}", headers={
-            "Authorization": f"Bearer {self.token}", "Service-CRN": "bench"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.load(r)
-
-    def spans(self, t0: float, t1: float) -> list[tuple[float, float, list[str]]]:
-        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0 - 1))
-        jobs = self._get(f"/jobs?backend={UPSTREAM}&created_after={since}&limit=1000")["jobs"]
-        out = []
-        for j in jobs:
-            ts = self._get(f"/jobs/{j['id']}/metrics")["timestamps"]
-            if ts.get("running") and ts.get("finished"):
-                a, b = _ts(ts["running"]), _ts(ts["finished"])
-                out.append((max(a, t0), min(b, t1), list(j.get("tags") or [])))
-        return [s for s in out if s[1] > s[0]]
-
-
-def _ts(iso: str) -> float:
-    m = re.match(r"(\d+-\d+-\d+T\d+:\d+:\d+)(\.\d+)?Z", iso)
-    assert m, iso
-    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(
-        m.group(2) or 0)
-
-
 def _workdir() -> Path:
     d = STATE / "jobs" / f"bench-{uuid.uuid4().hex[:8]}"
     d.mkdir(parents=True)
@@ -158,23 +118,42 @@ def _programs(wd: Path, mode: str, n: int, iters: int, classical: float, pubs: i
     return t0, max(d["end"] for d in docs), docs
 
 
-def _busy(emu: Emulator, t0: float, t1: float) -> tuple[float, float]:
-    spans = emu.spans(t0, t1)
+def _busy(emu: EmulatorReader, t0: float, t1: float) -> tuple[float, float]:
+    spans = emu.spans(t0, t1, UPSTREAM)
     busy = sum(b - a for a, b, _ in spans)
     return busy, busy / (t1 - t0)
+
+
+def _handoffs(emu: EmulatorReader, t0: float, t1: float,
+              docs: list[dict[str, Any]]) -> list[float]:
+    """Lane idle time between one call's execution and the next one's, counted only when the
+    next call was already waiting in Slurm: the handoff cost of mode (b) under contention."""
+    spans = sorted(emu.spans(t0, t1, UPSTREAM))
+    asked = {f"slurm_job:{c['job']}": c["t0"] for d in docs for c in d["calls"]}
+    gaps = []
+    for (_, end, _), (start, _, tags) in zip(spans, spans[1:], strict=False):
+        t_ask = next((asked[t] for t in tags if t in asked), None)
+        if t_ask is not None and t_ask < end:
+            gaps.append(start - end)
+    return gaps
 
 
 def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     subprocess.run([PY, str(REPO / "scripts" / "cluster"), "up"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    emu = Emulator()
-    n, iters, pubs = (3, 2, 1) if quick else (3, 2, 2)
+    emu = EmulatorReader(EMULATOR_URL, (STATE / "emulator.keys").read_text().split()[0])
+    # All programs start with a classical phase, so the lane idles for one classical phase
+    # in both modes; with K calls in all and C = Q even a zero-overhead mode (b) is capped at
+    # busy K/(K+1) against (a)'s 1/2, i.e. a ratio of 2K/(K+1): 1.71 for K = 6 (3 programs x 2
+    # iterations), 1.85 for K = 12. The full run uses K = 12 so the ratio measures the
+    # steady state the issue asks about rather than the ramp.
+    n, iters, pubs = (3, 2, 1) if quick else (3, 4, 2)
     shots = 100_000
     wd = _workdir()
     # calibration, uncontended: the quantum phase Q and the per-call overhead of mode (b);
     # the first call also caches the device target (fast path for the rest): median of 3
     t0, t1, (doc,) = _programs(wd, "slurm", 1, 3, 0.0, pubs, shots, 600)
-    spans = {tag: b - a for a, b, tags in emu.spans(t0, t1) for tag in tags}
+    spans = {tag: b - a for a, b, tags in emu.spans(t0, t1, UPSTREAM) for tag in tags}
     per_call = []
     for c in doc["calls"]:
         exec_s = spans.get(f"slurm_job:{c['job']}", 0.0)
@@ -191,14 +170,18 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     timeout = 60 + n * iters * (classical + q + overhead + 10) * 2
     ta0, ta1, _ = _programs(wd, "gres", n, iters, classical, pubs, shots, timeout)
     busy_a, frac_a = _busy(emu, ta0, ta1)
-    tb0, tb1, _ = _programs(wd, "slurm", n, iters, classical, pubs, shots, timeout)
+    tb0, tb1, docs_b = _programs(wd, "slurm", n, iters, classical, pubs, shots, timeout)
     busy_b, frac_b = _busy(emu, tb0, tb1)
+    gaps = _handoffs(emu, tb0, tb1, docs_b)
     ratio = frac_b / frac_a if frac_a else float("nan")
     rows.append({
         "bench": "slurm_mode: lane busy (b)/(a)",
         "programs": n, "iterations": iters, "classical_s": classical, "quantum_s": round(q, 2),
         "makespan_a_s": round(ta1 - ta0, 1), "busy_a": round(frac_a, 3),
         "makespan_b_s": round(tb1 - tb0, 1), "busy_b": round(frac_b, 3),
+        "handoff_median_s": round(statistics.median(gaps), 2) if gaps else None,
+        "handoff_max_s": round(max(gaps), 2) if gaps else None,
+        "bound_zero_overhead": round(2 * n * iters / (n * iters + 1), 2),
         "ratio": round(ratio, 2), "target": ">= 1.8x", "ok": ratio >= 1.8,
     })
     (work / "slurm_mode.json").write_text(json.dumps(rows, indent=1))

@@ -339,6 +339,9 @@ def main(argv: list[str]) -> int:
         token = new_job_token()
         port = sock.getsockname()[1]
         env = client_env(f"http://{conf.proxy.host}:{port}", token, prep.upstream.instance)
+        # the file is the task's whole QPU environment: the SPANK plugin may set it as is
+        # (task init fast path, spank_hooks/task.c), so it carries the job's device too
+        env |= {"QPU_BACKEND": prep.resource.name, "QPU_LANES": str(prep.lanes)}
         prep.audit.record(
             "start", backend=prep.resource.name, upstream_backend=prep.resource.backend,
             lanes=prep.lanes, end_time=args.end_time, port=port, account=args.account,

@@ -14,10 +14,11 @@
 #define QPU_BACKEND_MAX 64
 #define QPU_PATH_MAX 4096
 
-/* args.c: plugin arguments from plugstack.conf (config=..., qproxy=...). */
+/* args.c: plugin arguments from plugstack.conf (config=..., qproxy=..., state_dir=...). */
 struct qpu_args {
-    char config[QPU_PATH_MAX]; /* admin config passed to every hook */
-    char qproxy[QPU_PATH_MAX]; /* the `qproxy` executable run as root */
+    char config[QPU_PATH_MAX];    /* admin config passed to every hook */
+    char qproxy[QPU_PATH_MAX];    /* the `qproxy` executable run as root */
+    char state_dir[QPU_PATH_MAX]; /* optional: [paths] state_dir, for task init's fast path */
 };
 int qpu_args_parse(int ac, char **av, struct qpu_args *args);
 

@@ -1,13 +1,17 @@
-"""Shared fixtures: a real ``qproxy emulator`` process on a real socket.
+"""Shared fixtures: a real ``qproxy emulator`` process on a real socket, and the real local
+Slurm cluster.
 
 ``emulator`` (session scope) is the one most tests use; ``start_emulator`` starts others with
 custom arguments (e.g. one lane). The proxy tests reuse ``emulator`` as their upstream, so its
 name and attributes (``url``, ``api_key``, ``instance``, ``env()``, ``proc``) are an interface.
+``cluster`` (session scope, shared by tests/slurm and tests/slurm_mode) is ``scripts/cluster
+up`` once, and down at the end unless QPROXY_KEEP_CLUSTER is set.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -19,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from qproxy.clientenv import client_env
+from qproxy.emulator.reader import EmulatorReader
+from tests.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
 
 EMULATOR_START_TIMEOUT = 120.0
 TEST_INSTANCE = "crn:v1:bluemix:public:quantum-computing:us-east:a/qproxy-tests:emulator::"
@@ -155,3 +161,30 @@ def service(emulator: EmulatorProcess, client_env_for: Callable[[EmulatorProcess
 
     client_env_for(emulator)
     return QiskitRuntimeService()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.skip("the Slurm tests start a real cluster and need root")
+    t0 = time.monotonic()
+    cluster_cmd("up", check=True, stdout=subprocess.DEVNULL)
+    c = Cluster(STATE, cluster_env(), up_seconds=time.monotonic() - t0)
+    print(f"\ncluster up in {c.up_seconds:.1f}s", file=sys.stderr)
+    yield c
+    if not os.environ.get("QPROXY_KEEP_CLUSTER"):
+        cluster_cmd("down", check=False)
+
+
+@pytest.fixture(scope="session")
+def qpu_cluster(cluster: Cluster) -> Cluster:
+    """Flows that talk to a QPU need the cluster's emulator (and `qproxy serve`)."""
+    if not cluster.emulator_ready():
+        pytest.fail("the QPU emulator of the local cluster is not running (see .state/cluster)")
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def cluster_upstream(qpu_cluster: Cluster) -> EmulatorReader:
+    """The cluster's emulator read with the centre's key: did a job stay behind?"""
+    return EmulatorReader(EMULATOR_URL, qpu_cluster.vendor_secret())

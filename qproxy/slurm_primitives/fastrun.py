@@ -35,6 +35,14 @@ class RunError(Exception):
     pass
 
 
+class Busy(RunError):
+    """HTTP 429 from the proxy (or the upstream behind it): ask again later."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def _request(method: str, url: str, headers: dict[str, str], body: bytes | None = None,
              timeout: float = 60) -> bytes:
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
@@ -43,10 +51,37 @@ def _request(method: str, url: str, headers: dict[str, str], body: bytes | None 
             return bytes(resp.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        msg = " ".join(detail.split())[:400]
-        raise RunError(f"{method} {url}: HTTP {exc.code}: {msg}") from None
+        msg = f"{method} {url}: HTTP {exc.code}: {' '.join(detail.split())[:400]}"
+        if exc.code == 429:
+            try:
+                retry = float(exc.headers.get("Retry-After") or 1.0)
+            except ValueError:
+                retry = 1.0
+            raise Busy(msg, min(max(retry, 0.1), 30.0)) from None
+        raise RunError(msg) from None
     except OSError as exc:
         raise RunError(f"{method} {url}: {exc}") from None
+
+
+# Status polls go to the job's own proxy on loopback, so they can be frequent: the lane is
+# held until this process notices the end, and every poll interval is lane time lost (a 0.5 s
+# cap cost ~0.25 s per call). A 429 (an upstream rate limit passed through) slows us down.
+POLL_FIRST, POLL_MAX = 0.02, 0.1
+
+
+def _wait_final(base: str, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    delay = POLL_FIRST
+    while True:
+        try:
+            info: dict[str, Any] = json.loads(_request(
+                "GET", f"{base}/jobs/{job_id}?exclude_params=true", headers))
+        except Busy as exc:
+            time.sleep(exc.retry_after)
+            continue
+        if _status(info) in FINAL:
+            return info
+        time.sleep(delay)
+        delay = min(delay * 1.5, POLL_MAX)
 
 
 def _headers() -> dict[str, str]:
@@ -91,15 +126,8 @@ def run(kind: str, payload: Path, output: Path) -> None:
             sys.exit(143)
 
     signal.signal(signal.SIGTERM, cancel)
-    delay = 0.05
-    while True:
-        info = json.loads(_request("GET", f"{base}/jobs/{job_id}?exclude_params=true",
-                                   headers))
-        status = _status(info)
-        if status in FINAL:
-            break
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+    info = _wait_final(base, job_id, headers)
+    status = _status(info)
     if status != "Completed":
         reason = (info.get("state") or {}).get("reason") if isinstance(
             info.get("state"), dict) else ""

@@ -196,7 +196,9 @@ class _SlurmPrimitive:
             argv = [*o.qrun, kind, PAYLOAD, RESULT]
             if target is not None:  # fast path: ISA on the client, stdlib in the job
                 pubs, transpile = self._isa(pubs, target), False
-                argv = [sys.executable, str(FASTRUN), kind, PAYLOAD, RESULT]
+                # -I -S: stdlib only, so skip site (and its .pth imports) and the user's
+                # PYTHON* variables: a faster start while the lane is held
+                argv = [sys.executable, "-I", "-S", str(FASTRUN), kind, PAYLOAD, RESULT]
             elif o.fast_path and o.transpile and tuple(o.qrun) == DEFAULT_QRUN:
                 self._target_path().parent.mkdir(exist_ok=True)
                 argv = [sys.executable, "-m", "qproxy.slurm_primitives.jobmain", kind,

@@ -272,3 +272,29 @@ def test_sessions_raw(emulator) -> None:  # type: ignore[no-untyped-def]
         ),
         400,
     )
+
+
+def test_reader_sees_execution_spans(emulator) -> None:  # type: ignore[no-untyped-def]
+    """qproxy.emulator.reader (what the Slurm tests and benchmarks use to look at the device
+    side): a finished job shows up with its tags and an execution span inside the window."""
+    from qproxy.emulator.reader import EmulatorReader, parse_time
+
+    reader = EmulatorReader(emulator.url, emulator.api_key)
+    t0 = time.time()
+    h = auth(emulator)
+    tag = f"reader-{time.time_ns()}"
+    job_id = requests.post(emulator.url + "/api/v1/jobs", json={
+        "program_id": "sampler", "backend": "fake_torino", "tags": [tag],
+        "params": sampler_params(isa_circuit())}, headers=h, timeout=30).json()["id"]
+    assert any(j["id"] == job_id for j in reader.jobs_since(t0 - 1, pending=True))
+    deadline = time.time() + 60
+    while time.time() < deadline and reader.get(f"/jobs/{job_id}")["status"] != "Completed":
+        time.sleep(0.1)
+    spans = [s for s in reader.spans(t0 - 1, time.time() + 1, "fake_torino") if tag in s[2]]
+    assert len(spans) == 1
+    start, end, _ = spans[0]
+    ts = reader.get(f"/jobs/{job_id}/metrics")["timestamps"]
+    assert start == parse_time(ts["running"]) and end == parse_time(ts["finished"]) > start
+    assert not any(j["id"] == job_id for j in reader.jobs_since(t0 - 1, pending=True))
+    with pytest.raises(ValueError):
+        parse_time("yesterday")

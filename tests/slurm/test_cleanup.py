@@ -13,7 +13,7 @@ from typing import Any
 
 from qproxy.config import load
 from qproxy.hooks.proxyproc import is_our_proxy
-from tests.slurm.conftest import Cluster, Job
+from tests.cluster import Cluster, Job
 
 TOOL = Path(__file__).with_name("jobtool.py")
 FINAL = {"Completed", "Failed", "Cancelled", "Cancelled - Ran too long"}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from qproxy.clientenv import CLIENT_ENV_NAMES
-from tests.slurm.conftest import Cluster
+from tests.cluster import Cluster
 
 TOOL = Path(__file__).with_name("jobtool.py")
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.slurm.conftest import FINAL, Cluster
+from tests.cluster import FINAL, Cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

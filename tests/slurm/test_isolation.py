@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from tests.slurm.conftest import Cluster
+from tests.cluster import Cluster
 
 TOOL = Path(__file__).with_name("jobtool.py")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.slurm.conftest import Cluster
+from tests.cluster import Cluster
 
 
 @pytest.mark.parametrize(

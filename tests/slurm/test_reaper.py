@@ -12,7 +12,7 @@ import time
 from qproxy.config import load
 from qproxy.hooks import lease
 from qproxy.hooks.proxyproc import alive
-from tests.slurm.conftest import Cluster
+from tests.cluster import Cluster
 
 
 def test_reaper_cleans_dead_job(cluster: Cluster) -> None:

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from qproxy.emulator.reader import EmulatorReader
+from tests.cluster import Cluster
+
 pytestmark = pytest.mark.slurm
 
 PY = sys.executable
@@ -56,24 +59,25 @@ def _result(stdout: str) -> dict[str, Any]:
     raise AssertionError(f"no RESULT line in:\n{stdout}")
 
 
-def _user_env(cluster: Any, wd: Path) -> dict[str, str]:
+def _user_env(cluster: Cluster, wd: Path) -> dict[str, str]:
     return {"QPROXY_SLURM_WORKDIR": str(wd / "prim"), "PYTHONWARNINGS": "ignore"}
 
 
-def _run(cluster: Any, wd: Path, body: str, timeout: float = 300) -> dict[str, Any]:
+def _run(cluster: Cluster, wd: Path, body: str, timeout: float = 300) -> dict[str, Any]:
     script = _script(wd, body)
     proc = cluster.as_user(PY, str(script), cwd=wd, env=_user_env(cluster, wd), timeout=timeout)
     assert proc.returncode == 0, f"program failed:\n{proc.stdout}\n{proc.stderr}"
     return _result(proc.stdout)
 
 
-def _squeue(cluster: Any) -> list[str]:
+def _squeue(cluster: Cluster) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=cluster.env,
                          capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if line.strip()]
 
 
-def _assert_nothing_left(cluster: Any, upstream: Any, job_ids: list[str], t0: float) -> None:
+def _assert_nothing_left(cluster: Cluster, upstream: EmulatorReader, job_ids: list[str],
+                         t0: float) -> None:
     """No Slurm job in the queue, each job's proxy state torn down (usage record written by
     the epilog) and every upstream job those jobs created in a final state."""
     for job_id in job_ids:
@@ -84,15 +88,15 @@ def _assert_nothing_left(cluster: Any, upstream: Any, job_ids: list[str], t0: fl
         time.sleep(0.5)
     assert _squeue(cluster) == []
     tags = {f"slurm_job:{j}" for j in job_ids}
-    mine = [j for j in upstream.since(t0 - 2) if tags & set(j.get("tags") or [])]
+    mine = [j for j in upstream.jobs_since(t0 - 2) if tags & set(j.get("tags") or [])]
     assert all(j["status"] in ("Completed", "Failed", "Cancelled") for j in mine), mine
 
 
-def test_agrees_with_gres_like_path(qpu: Any, upstream: Any) -> None:
+def test_agrees_with_gres_like_path(qpu_cluster: Cluster, cluster_upstream: EmulatorReader) -> None:
     t0 = time.time()
-    wd = qpu.workdir()
+    wd = qpu_cluster.workdir()
     # (b) slurm mode from the login node: two primitive calls in flight at once
-    slurm = _run(qpu, wd, """
+    slurm = _run(qpu_cluster, wd, """
         from qproxy.slurm_primitives import SlurmEstimator, SlurmSampler, SlurmJobStatus
         sj = SlurmSampler("ibm_fez").run([bell_m], shots=4000)
         ej = SlurmEstimator("ibm_fez").run([(bell, OBS)], precision=0.02)
@@ -121,7 +125,7 @@ def test_agrees_with_gres_like_path(qpu: Any, upstream: Any) -> None:
         eres = EstimatorV2(mode=backend).run([(isa, obs)], precision=0.02).result()
         report(**summary(sres, eres))
     """)
-    job = qpu.sbatch(f"{PY} {script}\n", "--gres=qpu:1", "--q_backend=ibm_fez", workdir=wd,
+    job = qpu_cluster.sbatch(f"{PY} {script}\n", "--gres=qpu:1", "--q_backend=ibm_fez", workdir=wd,
                      env={"PYTHONWARNINGS": "ignore"})
     assert job.state == "COMPLETED", job.output()
     gres = _result(job.output())
@@ -135,15 +139,15 @@ def test_agrees_with_gres_like_path(qpu: Any, upstream: Any) -> None:
     for a, b, sa, sb in zip(fast["evs"], gres["evs"], fast["stds"], gres["stds"], strict=True):
         assert abs(a - b) <= 5 * np.hypot(sa, sb) + 0.02, (fast, gres)
     assert slurm["evs"][0] > 0.8 and abs(slurm["evs"][2]) < 0.15  # a Bell state
-    _assert_nothing_left(qpu, upstream, [*slurm["ids"], job.id], t0)
+    _assert_nothing_left(qpu_cluster, cluster_upstream, [*slurm["ids"], job.id], t0)
     assert [p.name for p in (wd / "prim").iterdir()] == [".targets"]  # job dirs removed
 
 
-def test_cancel_mid_run(qpu: Any, upstream: Any) -> None:
+def test_cancel_mid_run(qpu_cluster: Cluster, cluster_upstream: EmulatorReader) -> None:
     """Cancel while qrun's upstream job runs: SlurmJobCancelled, and the epilog cancels the
     upstream job."""
     t0 = time.time()
-    wd = qpu.workdir()
+    wd = qpu_cluster.workdir()
     script = _script(wd, """
         import os
         from qproxy.slurm_primitives import SlurmSampler, SlurmJobCancelled
@@ -164,9 +168,9 @@ def test_cancel_mid_run(qpu: Any, upstream: Any) -> None:
             report(job=job.job_id(), exc=type(exc).__name__, state=exc.slurm_state,
                    msg=str(exc), status=job.status().value)
     """)
-    env = dict(qpu.env, **_user_env(qpu, wd))
+    env = dict(qpu_cluster.env, **_user_env(qpu_cluster, wd))
     proc = subprocess.Popen(
-        ["runuser", "-u", qpu.user, "--", "env", "-i",
+        ["runuser", "-u", qpu_cluster.user, "--", "env", "-i",
          *[f"{k}={v}" for k, v in env.items()], PY, str(script)],
         cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -177,7 +181,7 @@ def test_cancel_mid_run(qpu: Any, upstream: Any) -> None:
         deadline = time.monotonic() + 120
         running: list[dict[str, Any]] = []
         while not running and time.monotonic() < deadline and proc.poll() is None:
-            running = [j for j in upstream.pending_since(t0 - 2)
+            running = [j for j in cluster_upstream.jobs_since(t0 - 2, pending=True)
                        if f"slurm_job:{job_id}" in (j.get("tags") or [])]
             time.sleep(0.3)
         assert running, "the primitive job never reached the QPU: " + "".join(
@@ -190,15 +194,15 @@ def test_cancel_mid_run(qpu: Any, upstream: Any) -> None:
     res = _result(out)
     assert res["exc"] == "SlurmJobCancelled" and res["state"] == "CANCELLED"
     assert res["status"] == "CANCELLED" and job_id in res["msg"]
-    _assert_nothing_left(qpu, upstream, [job_id], t0)
-    statuses = {upstream.get(f"/jobs/{j['id']}")["status"] for j in running}
+    _assert_nothing_left(qpu_cluster, cluster_upstream, [job_id], t0)
+    statuses = {cluster_upstream.get(f"/jobs/{j['id']}")["status"] for j in running}
     assert statuses == {"Cancelled"}, statuses
 
 
-def test_failure_carries_job_output(qpu: Any, upstream: Any) -> None:
+def test_failure_carries_job_output(qpu_cluster: Cluster, cluster_upstream: EmulatorReader) -> None:
     t0 = time.time()
-    wd = qpu.workdir()
-    res = _run(qpu, wd, """
+    wd = qpu_cluster.workdir()
+    res = _run(qpu_cluster, wd, """
         from qproxy.slurm_primitives import SlurmSampler, SlurmJobFailed, SlurmSubmitError
         big = QuantumCircuit(200)
         big.h(0)
@@ -219,15 +223,15 @@ def test_failure_carries_job_output(qpu: Any, upstream: Any) -> None:
     assert f["cls"] == "SlurmJobFailed" and f["state"] == "FAILED" and f["job"] == res["id"]
     assert "qrun: error:" in f["tail"] and res["id"] in f["msg"]
     assert "unknown QPU backend 'no_such_qpu'" in res["submit"]
-    _assert_nothing_left(qpu, upstream, [res["id"]], t0)
+    _assert_nothing_left(qpu_cluster, cluster_upstream, [res["id"]], t0)
 
 
 @pytest.mark.slow
-def test_time_limit(qpu: Any, upstream: Any) -> None:
+def test_time_limit(qpu_cluster: Cluster, cluster_upstream: EmulatorReader) -> None:
     """Slurm's smallest limit is a minute: the job's qrun is made to sleep past it."""
     t0 = time.time()
-    wd = qpu.workdir()
-    res = _run(qpu, wd, f"""
+    wd = qpu_cluster.workdir()
+    res = _run(qpu_cluster, wd, f"""
         from qproxy.slurm_primitives import SlurmSampler, SlurmJobTimeout
         slow = ["bash", "-c", 'sleep 600; exec "$@"', "_", {PY!r}, "-m", "qproxy.qrun"]
         job = SlurmSampler("ibm_fez", time_limit="1", qrun=slow).run([bell_m])
@@ -239,11 +243,11 @@ def test_time_limit(qpu: Any, upstream: Any) -> None:
     """, timeout=400)
     assert res["cls"] == "SlurmJobTimeout" and res["state"] == "TIMEOUT"
     assert "time limit" in res["msg"] and res["id"] in res["msg"]
-    _assert_nothing_left(qpu, upstream, [res["id"]], t0)
+    _assert_nothing_left(qpu_cluster, cluster_upstream, [res["id"]], t0)
 
 
-def test_deadlock_guard(qpu: Any) -> None:
-    wd = qpu.workdir()
+def test_deadlock_guard(qpu_cluster: Cluster) -> None:
+    wd = qpu_cluster.workdir()
     script = _script(wd, """
         import sys
         from qproxy.slurm_primitives import DeadlockError, SlurmSampler
@@ -262,18 +266,18 @@ def test_deadlock_guard(qpu: Any) -> None:
         (["--gres=qpu:2", "--q_backend=ibm_fez"], "ibm_fez", "gres"),
     ]
     for args, backend, via in cases:
-        job = qpu.sbatch(f"{PY} {script} {backend} {via}\n", *args, workdir=wd,
-                         env=_user_env(qpu, wd))
+        job = qpu_cluster.sbatch(f"{PY} {script} {backend} {via}\n", *args, workdir=wd,
+                         env=_user_env(qpu_cluster, wd))
         res = _result(job.output())
         assert "deadlock" in res, (args, res)
         assert res["job"] == job.id and f"job {job.id}" in res["deadlock"]
         assert backend in res["deadlock"]
     # not a deadlock: the job holds one of ibm_fez's two lanes; the primitive job may run
-    job = qpu.sbatch(f"{PY} {script} ibm_fez license\n", "-L", "ibm_fez:1",
-                     "--q_backend=ibm_fez", workdir=wd, env=_user_env(qpu, wd))
+    job = qpu_cluster.sbatch(f"{PY} {script} ibm_fez license\n", "-L", "ibm_fez:1",
+                     "--q_backend=ibm_fez", workdir=wd, env=_user_env(qpu_cluster, wd))
     assert "submitted" in _result(job.output()), job.output()
     # and a user-set SLURM_JOB_ID proves nothing: outside any job, no refusal
-    env = dict(_user_env(qpu, wd), SLURM_JOB_ID=job.id)
-    proc = qpu.as_user(PY, str(script), "ibm_torino", "license", cwd=wd, env=env)
+    env = dict(_user_env(qpu_cluster, wd), SLURM_JOB_ID=job.id)
+    proc = qpu_cluster.as_user(PY, str(script), "ibm_torino", "license", cwd=wd, env=env)
     assert "submitted" in _result(proc.stdout), proc.stderr
     assert os.path.exists(wd)

@@ -306,3 +306,47 @@ def test_fastrun_is_stdlib_only() -> None:
             "assert not any(m.startswith(('qiskit', 'qproxy')) for m in sys.modules), "
             "sorted(m for m in sys.modules if m.startswith(('qiskit', 'qproxy')))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fastrun_waits_out_rate_limits() -> None:
+    """A 429 while polling (an upstream rate limit the proxy passes through) slows the poll
+    down instead of failing the job; other errors still fail it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import qproxy.slurm_primitives.fastrun as fr
+
+    answers = [(429, {"errors": [{"code": 1234, "message": "rate limited"}]}),
+               (200, {"id": "j1", "state": {"status": "Running"}}),
+               (200, {"id": "j1", "state": {"status": "Completed"}}),
+               (500, {"errors": [{"message": "boom"}]})]
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            seen.append(self.path)
+            code, doc = answers.pop(0)
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            if code == 429:
+                self.send_header("Retry-After", "0.2")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        info = fr._wait_final(base, "j1", {})
+        assert fr._status(info) == "Completed"
+        assert len(seen) == 3 and all(p.startswith("/jobs/j1?") for p in seen)
+        with pytest.raises(fr.RunError, match="HTTP 500"):
+            fr._wait_final(base, "j1", {})
+    finally:
+        server.shutdown()
+        server.server_close()

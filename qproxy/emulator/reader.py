@@ -1,0 +1,65 @@
+"""A read-only look at an emulator with the centre's key (standard library only).
+
+For the tests and benchmarks that must see the device side the way an operator would: which
+jobs ran, when they executed, whether any is still active after a job ended. Not a client for
+users; they go through their job's proxy."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import time
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+def iso_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def parse_time(iso: str) -> float:
+    """The emulator's ``...Z`` timestamps (fractional seconds optional) as epoch seconds."""
+    m = re.fullmatch(r"(\d+-\d+-\d+T\d+:\d+:\d+)(\.\d+)?Z", iso)
+    if not m:
+        raise ValueError(f"not an emulator timestamp: {iso!r}")
+    base = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+    return base + float(m.group(2) or 0)
+
+
+class EmulatorReader:
+    def __init__(self, url: str, api_key: str, timeout: float = 60) -> None:
+        self.url, self.timeout = url.rstrip("/"), timeout
+        body = urllib.parse.urlencode({
+            "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": api_key}).encode()
+        with urllib.request.urlopen(f"{self.url}/identity/token", body, timeout=timeout) as r:
+            self.token = json.load(r)["access_token"]
+
+    def get(self, path: str) -> Any:
+        req = urllib.request.Request(f"{self.url}/api/v1{path}", headers={
+            "Authorization": f"Bearer {self.token}", "Service-CRN": "reader"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            return json.load(r)
+
+    def jobs_since(self, t0: float, *, backend: str | None = None,
+                   pending: bool | None = None) -> list[dict[str, Any]]:
+        q = {"created_after": iso_time(t0), "limit": "1000"}
+        if backend:
+            q["backend"] = backend
+        if pending is not None:
+            q["pending"] = "true" if pending else "false"
+        return list(self.get(f"/jobs?{urllib.parse.urlencode(q)}")["jobs"])
+
+    def spans(self, t0: float, t1: float, backend: str | None = None,
+              ) -> list[tuple[float, float, list[str]]]:
+        """(start, end, tags) of each job's execution (running -> finished), clipped to
+        [t0, t1]: what the device spent executing in that window."""
+        out = []
+        for job in self.jobs_since(t0 - 1, backend=backend):
+            ts = self.get(f"/jobs/{job['id']}/metrics")["timestamps"]
+            if ts.get("running") and ts.get("finished"):
+                a, b = parse_time(ts["running"]), parse_time(ts["finished"])
+                if min(b, t1) > max(a, t0):
+                    out.append((max(a, t0), min(b, t1), list(job.get("tags") or [])))
+        return sorted(out)
