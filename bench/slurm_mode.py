@@ -145,17 +145,18 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     # All programs start with a classical phase, so the lane idles for one classical phase
     # in both modes; with K calls in all and C = Q even a zero-overhead mode (b) is capped at
     # busy K/(K+1) against (a)'s 1/2, i.e. a ratio of 2K/(K+1): 1.71 for K = 6 (3 programs x 2
-    # iterations), 1.85 for K = 12. The full run uses K = 12 so the ratio measures the
+    # iterations), 1.89 for K = 18. The full run uses K = 18 so the ratio measures the
     # steady state the issue asks about rather than the ramp.
-    n, iters, pubs = (3, 2, 1) if quick else (3, 4, 2)
+    n, iters, pubs = (3, 2, 1) if quick else (3, 6, 2)
     shots = 100_000
     wd = _workdir()
     # calibration, uncontended: the quantum phase Q and the per-call overhead of mode (b);
-    # the first call also caches the device target (fast path for the rest): median of 3
-    t0, t1, (doc,) = _programs(wd, "slurm", 1, 3, 0.0, pubs, shots, 600)
+    # the first call caches the device target (fast path for the rest) and warms up, so the
+    # figures are medians of the 3 calls after it
+    t0, t1, (doc,) = _programs(wd, "slurm", 1, 4, 0.0, pubs, shots, 600)
     spans = {tag: b - a for a, b, tags in emu.spans(t0, t1, UPSTREAM) for tag in tags}
     per_call = []
-    for c in doc["calls"]:
+    for c in doc["calls"][1:]:
         exec_s = spans.get(f"slurm_job:{c['job']}", 0.0)
         per_call.append((c["t1"] - c["t0"], exec_s))
     call_s = statistics.median(w for w, _ in per_call)
@@ -174,6 +175,11 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     busy_b, frac_b = _busy(emu, tb0, tb1)
     gaps = _handoffs(emu, tb0, tb1, docs_b)
     ratio = frac_b / frac_a if frac_a else float("nan")
+    # Execution speed drifts on a shared machine: (a)'s busy fraction is Q/(C+Q), so the
+    # comparison is only fair if the calibrated C still matches Q during (a)
+    calls = n * iters
+    q_a, q_b = busy_a / calls, busy_b / calls
+    fair = 0.85 <= classical / q_a <= 1.15
     rows.append({
         "bench": "slurm_mode: lane busy (b)/(a)",
         "programs": n, "iterations": iters, "classical_s": classical, "quantum_s": round(q, 2),
@@ -181,8 +187,11 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
         "makespan_b_s": round(tb1 - tb0, 1), "busy_b": round(frac_b, 3),
         "handoff_median_s": round(statistics.median(gaps), 2) if gaps else None,
         "handoff_max_s": round(max(gaps), 2) if gaps else None,
-        "bound_zero_overhead": round(2 * n * iters / (n * iters + 1), 2),
-        "ratio": round(ratio, 2), "target": ">= 1.8x", "ok": ratio >= 1.8,
+        "exec_per_call_a_s": round(q_a, 2), "exec_per_call_b_s": round(q_b, 2),
+        "classical_over_quantum_a": round(classical / q_a, 2),
+        "bound_zero_overhead": round(2 * calls / (calls + 1), 2),
+        "ratio": round(ratio, 2),
+        "target": ">= 1.8x (valid if C/Q in (a) is 0.85-1.15)", "ok": ratio >= 1.8 and fair,
     })
     (work / "slurm_mode.json").write_text(json.dumps(rows, indent=1))
     return rows

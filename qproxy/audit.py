@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-import structlog
 
 GENESIS = "0" * 64
 
@@ -84,12 +83,22 @@ class AuditLog:
         self._chain = _Chain(seq, head)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._fh: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
-        self._log = structlog.wrap_logger(
-            structlog.WriteLogger(self._fh),
-            processors=[_timestamp, self._chain, _render],
-            context_class=dict,
-            cache_logger_on_first_use=True,
-        ).bind(**context)
+        self._context = context
+        self._log: Any = None
+
+    def _logger(self) -> Any:
+        """structlog on first use: importing it (~40 ms, it pulls in asyncio) must not delay
+        the proxy's env file, which a job's launch waits for; the file is open already."""
+        if self._log is None:
+            import structlog
+
+            self._log = structlog.wrap_logger(
+                structlog.WriteLogger(self._fh),
+                processors=[_timestamp, self._chain, _render],
+                context_class=dict,
+                cache_logger_on_first_use=True,
+            ).bind(**self._context)
+        return self._log
 
     @property
     def head(self) -> str:
@@ -100,7 +109,7 @@ class AuditLog:
         return self._chain.seq
 
     def record(self, event: str, **fields: Any) -> None:
-        self._log.info(event, **fields)
+        self._logger().info(event, **fields)
 
     def close(self) -> None:
         if self._fh.closed:

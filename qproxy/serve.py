@@ -319,9 +319,9 @@ def setup_logging() -> None:
 
 def main(argv: list[str]) -> int:
     """Start order, so that the job's launch never waits for aiohttp's imports (~200 ms):
-    validate, read the secret and the ledger, bind the port, write the audit ``start``
-    record and the env file -- then import the app and serve. A job that connects early
-    waits in the listen backlog. A SIGTERM that arrives before the app runs, with no
+    validate, read the secret and the ledger, open the audit log, bind the port, write the
+    env file and the audit ``start`` record -- then import the app and serve. A job that
+    connects early waits in the listen backlog. A SIGTERM that arrives before the app runs, with no
     upstream work in the ledger, ends the proxy at once with the same summary."""
     args = parse_args(argv)
     setup_logging()
@@ -342,12 +342,13 @@ def main(argv: list[str]) -> int:
         # the file is the task's whole QPU environment: the SPANK plugin may set it as is
         # (task init fast path, spank_hooks/task.c), so it carries the job's device too
         env |= {"QPU_BACKEND": prep.resource.name, "QPU_LANES": str(prep.lanes)}
+        write_private(args.env_file, "".join(f"{k}={v}\n" for k, v in env.items()).encode())
+        # still the log's first record: nothing is served before the app runs, below
         prep.audit.record(
             "start", backend=prep.resource.name, upstream_backend=prep.resource.backend,
             lanes=prep.lanes, end_time=args.end_time, port=port, account=args.account,
             pid=os.getpid(),
         )
-        write_private(args.env_file, "".join(f"{k}={v}\n" for k, v in env.items()).encode())
         log.info("job %s: proxy for %s listening on %s:%d", args.job_id, prep.resource.name,
                  conf.proxy.host, port)
         try:
