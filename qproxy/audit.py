@@ -14,7 +14,7 @@ import os
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -82,7 +82,7 @@ class AuditLog:
         seq, head = _tail(path)
         self._chain = _Chain(seq, head)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
+        self._fh: TextIO = os.fdopen(fd, "a", encoding="utf-8")
         self._context = context
         self._log: Any = None
 
