@@ -339,9 +339,6 @@ def main(argv: list[str]) -> int:
         token = new_job_token()
         port = sock.getsockname()[1]
         env = client_env(f"http://{conf.proxy.host}:{port}", token, prep.upstream.instance)
-        # the file is the task's whole QPU environment: the SPANK plugin may set it as is
-        # (task init fast path, spank_hooks/task.c), so it carries the job's device too
-        env |= {"QPU_BACKEND": prep.resource.name, "QPU_LANES": str(prep.lanes)}
         write_private(args.env_file, "".join(f"{k}={v}\n" for k, v in env.items()).encode())
         # still the log's first record: nothing is served before the app runs, below
         prep.audit.record(

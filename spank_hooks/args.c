@@ -1,7 +1,4 @@
-/*
- * Plugin arguments: `config=/etc/qproxy/qproxy.toml qproxy=/usr/local/bin/qproxy`, and
- * optionally `state_dir=/run/qproxy` (the config's [paths] state_dir; see task.c).
- */
+/* Plugin arguments: `config=/etc/qproxy/qproxy.toml qproxy=/usr/local/bin/qproxy`. */
 #include <stdio.h>
 #include <string.h>
 
@@ -21,16 +18,12 @@ int qpu_args_parse(int ac, char **av, struct qpu_args *args)
 {
     snprintf(args->config, sizeof(args->config), "%s", "/etc/qproxy/qproxy.toml");
     snprintf(args->qproxy, sizeof(args->qproxy), "%s", "/usr/local/bin/qproxy");
-    args->state_dir[0] = '\0';
     for (int i = 0; i < ac; i++) {
         if (strncmp(av[i], "config=", 7) == 0) {
             if (set(args->config, av[i] + 7, "config") != 0)
                 return -1;
         } else if (strncmp(av[i], "qproxy=", 7) == 0) {
             if (set(args->qproxy, av[i] + 7, "qproxy") != 0)
-                return -1;
-        } else if (strncmp(av[i], "state_dir=", 10) == 0) {
-            if (set(args->state_dir, av[i] + 10, "state_dir") != 0)
                 return -1;
         } else {
             slurm_error("spank_qpu: unknown plugin argument '%s'", av[i]);

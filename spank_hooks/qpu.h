@@ -14,11 +14,10 @@
 #define QPU_BACKEND_MAX 64
 #define QPU_PATH_MAX 4096
 
-/* args.c: plugin arguments from plugstack.conf (config=..., qproxy=..., state_dir=...). */
+/* args.c: plugin arguments from plugstack.conf (config=..., qproxy=...). */
 struct qpu_args {
-    char config[QPU_PATH_MAX];    /* admin config passed to every hook */
-    char qproxy[QPU_PATH_MAX];    /* the `qproxy` executable run as root */
-    char state_dir[QPU_PATH_MAX]; /* optional: [paths] state_dir, for task init's fast path */
+    char config[QPU_PATH_MAX]; /* admin config passed to every hook */
+    char qproxy[QPU_PATH_MAX]; /* the `qproxy` executable run as root */
 };
 int qpu_args_parse(int ac, char **av, struct qpu_args *args);
 
