@@ -208,12 +208,15 @@ class _SlurmPrimitive:
                           transpile=transpile, **defaults)
             script = jobdir / "job.sh"
             command = " ".join(shlex.quote(str(a)) for a in argv)
+            # The exit code is written only without a result: once the result exists the
+            # client may already be removing this directory, and a late write would keep it.
             script.write_text(
                 "#!/bin/bash\n"
-                "# qproxy slurm-mode primitive job: run one payload, record qrun's exit code.\n"
+                "# qproxy slurm-mode primitive job: run one payload, record a failed exit code.\n"
                 f"{command}\n"
                 "rc=$?\n"
-                f"echo \"$rc\" > {EXIT_CODE}.tmp && mv -f {EXIT_CODE}.tmp {EXIT_CODE}\n"
+                f"[ -e {RESULT} ] || "
+                f"{{ echo \"$rc\" > {EXIT_CODE}.tmp && mv -f {EXIT_CODE}.tmp {EXIT_CODE}; }}\n"
                 "exit \"$rc\"\n")
             script.chmod(0o700)
             try:

@@ -350,3 +350,17 @@ def test_fastrun_waits_out_rate_limits() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_job_script_records_exit_code_only_without_result(fake: FakeSlurm) -> None:
+    """The client removes a job's directory as soon as the result appears, while the job
+    script may still be running: a script that then wrote its exit code left the directory
+    behind. With a result the script writes nothing more; without one it records the code
+    (what status() reads once Slurm has forgotten the job)."""
+    ok = SlurmSampler("ibm_fez", qrun=["sh", "-c", 'echo "{}" > "$3"', "qrun"]).run([bell()])
+    bad = SlurmSampler("ibm_fez", qrun=["sh", "-c", "exit 3", "qrun"]).run([bell()])
+    for job, code in ((ok, 0), (bad, 3)):
+        proc = subprocess.run(["bash", "job.sh"], cwd=job.jobdir, check=False)
+        assert proc.returncode == code
+    assert (ok.jobdir / "result.json").exists() and not (ok.jobdir / "rc").exists()
+    assert (bad.jobdir / "rc").read_text() == "3\n" and not (bad.jobdir / "result.json").exists()
