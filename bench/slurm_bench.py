@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, alternate, median
-from tests.cluster import STATE, USER, cluster_env
+from tests.cluster import STATE, USER, Cluster, cluster_env
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 
@@ -52,13 +52,9 @@ def turnaround(workdir: Path, qpu: bool, alloc: list[float] | None = None) -> fl
     time.sleep(random.random())
     script = workdir / "trivial.sh"
     args = ["--gres=qpu:1", "--q_backend=ibm_fez"] if qpu else []
-    env = [f"{k}={v}" for k, v in _env().items()]
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        ["runuser", "-u", USER, "--", "env", "-i", *env, "sbatch", "--parsable",
-         "-o", "/dev/null", *args, str(script)],
-        capture_output=True, text=True, check=False, cwd=workdir,
-    )
+    proc = Cluster(STATE, _env()).as_user(
+        "sbatch", "--parsable", "-o", "/dev/null", *args, str(script), cwd=workdir)
     m = re.match(r"(\d+)", proc.stdout.strip())
     if not m:
         raise RuntimeError(f"sbatch failed: {proc.stderr.strip()}")

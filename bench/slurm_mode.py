@@ -26,12 +26,11 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from qproxy.emulator.reader import EmulatorReader
-from tests.cluster import EMULATOR_URL, STATE, USER, cluster_env
+from tests.cluster import EMULATOR_URL, STATE, Cluster, cluster_env
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND, UPSTREAM = "ibm_torino", "fake_torino"
@@ -74,23 +73,18 @@ os.replace(out + ".tmp", out)
 '''
 
 
-def _env() -> dict[str, str]:
-    return cluster_env(PYTHONWARNINGS="ignore")
+CLUSTER = Cluster(STATE, cluster_env(PYTHONWARNINGS="ignore"))
 
 
 def _as_user(*cmd: str, cwd: Path) -> str:
-    env = [f"{k}={v}" for k, v in _env().items()]
-    out = subprocess.run(["runuser", "-u", USER, "--", "env", "-i", *env, *cmd], cwd=cwd,
-                         capture_output=True, text=True, timeout=120, check=False)
+    out = CLUSTER.as_user(*cmd, cwd=cwd, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed: {out.stderr.strip()[:500]}")
     return out.stdout
 
 
 def _workdir() -> Path:
-    d = STATE / "jobs" / f"bench-{uuid.uuid4().hex[:8]}"
-    d.mkdir(parents=True)
-    subprocess.run(["chown", USER, str(d)], check=True)
+    d = CLUSTER.workdir()
     (d / "worker.py").write_text(WORKER)
     return d
 
@@ -118,17 +112,10 @@ def _programs(wd: Path, mode: str, n: int, iters: int, classical: float, pubs: i
     return t0, max(d["end"] for d in docs), docs
 
 
-def _busy(emu: EmulatorReader, t0: float, t1: float) -> tuple[float, float]:
-    spans = emu.spans(t0, t1, UPSTREAM)
-    busy = sum(b - a for a, b, _ in spans)
-    return busy, busy / (t1 - t0)
-
-
-def _handoffs(emu: EmulatorReader, t0: float, t1: float,
+def _handoffs(spans: list[tuple[float, float, list[str]]],
               docs: list[dict[str, Any]]) -> list[float]:
     """Lane idle time between one call's execution and the next one's, counted only when the
     next call was already waiting in Slurm: the handoff cost of mode (b) under contention."""
-    spans = sorted(emu.spans(t0, t1, UPSTREAM))
     asked = {f"slurm_job:{c['job']}": c["t0"] for d in docs for c in d["calls"]}
     gaps = []
     for (_, end, _), (start, _, tags) in zip(spans, spans[1:], strict=False):
@@ -170,10 +157,13 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     }]
     timeout = 60 + n * iters * (classical + q + overhead + 10) * 2
     ta0, ta1, _ = _programs(wd, "gres", n, iters, classical, pubs, shots, timeout)
-    busy_a, frac_a = _busy(emu, ta0, ta1)
+    busy_a = sum(b - a for a, b, _ in emu.spans(ta0, ta1, UPSTREAM))
+    frac_a = busy_a / (ta1 - ta0)
     tb0, tb1, docs_b = _programs(wd, "slurm", n, iters, classical, pubs, shots, timeout)
-    busy_b, frac_b = _busy(emu, tb0, tb1)
-    gaps = _handoffs(emu, tb0, tb1, docs_b)
+    spans_b = emu.spans(tb0, tb1, UPSTREAM)  # sorted by start
+    busy_b = sum(b - a for a, b, _ in spans_b)
+    frac_b = busy_b / (tb1 - tb0)
+    gaps = _handoffs(spans_b, docs_b)
     ratio = frac_b / frac_a if frac_a else float("nan")
     # Execution speed drifts on a shared machine: (a)'s busy fraction is Q/(C+Q), so the
     # comparison is only fair if the calibrated C still matches Q during (a)
