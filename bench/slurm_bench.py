@@ -10,13 +10,12 @@ from __future__ import annotations
 import random
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, alternate, median
-from tests.cluster import STATE, USER, Cluster, cluster_env
+from bench.common import alternate, median
+from tests.cluster import STATE, Cluster, cluster_cmd, cluster_env
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 
@@ -74,11 +73,8 @@ def turnaround(workdir: Path, qpu: bool, alloc: list[float] | None = None) -> fl
 
 
 def run(work: Path, quick: bool) -> list[dict[str, Any]]:
-    subprocess.run([sys.executable, str(REPO / "scripts" / "cluster"), "up"], check=True,
-                   stdout=subprocess.DEVNULL)
-    workdir = STATE / "jobs" / "bench"
-    workdir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["chown", USER, str(workdir)], check=True)
+    cluster_cmd("up", check=True, stdout=subprocess.DEVNULL)
+    workdir = Cluster(STATE, _env()).workdir()
     script = workdir / "trivial.sh"
     script.write_text("#!/bin/bash\ntrue\n")
     script.chmod(0o755)

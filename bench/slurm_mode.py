@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from qproxy.emulator.reader import EmulatorReader
-from tests.cluster import EMULATOR_URL, STATE, Cluster, cluster_env
+from tests.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
 
-REPO = Path(__file__).resolve().parent.parent
 BACKEND, UPSTREAM = "ibm_torino", "fake_torino"
 PY = sys.executable
 
@@ -126,8 +125,7 @@ def _handoffs(spans: list[tuple[float, float, list[str]]],
 
 
 def run(work: Path, quick: bool) -> list[dict[str, Any]]:
-    subprocess.run([PY, str(REPO / "scripts" / "cluster"), "up"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cluster_cmd("up", check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     emu = EmulatorReader(EMULATOR_URL, (STATE / "emulator.keys").read_text().split()[0])
     # All programs start with a classical phase, so the lane idles for one classical phase
     # in both modes; with K calls in all and C = Q even a zero-overhead mode (b) is capped at
