@@ -37,6 +37,11 @@ class ProxySettings:
     start_timeout_seconds: float = 20.0
     # How often the proxy polls upstream for the status of this job's active jobs (lanes).
     status_poll_seconds: float = 1.0
+    # Idle proxies each node keeps started ahead of its next QPU job (0 = none): the job's
+    # proxy then serves ~200 ms sooner (see qproxy/spare.py). Each costs ~50 MB while idle.
+    spares: int = 1
+    # A spare nobody claimed exits after this long (seconds).
+    spare_idle_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
     proxy = _build(ProxySettings, "[proxy]", dict(_table(data, "proxy")))
     if proxy.lanes_mode not in ("wait", "refuse"):
         raise ConfigError("[proxy].lanes_mode must be 'wait' or 'refuse'")
+    if proxy.spares < 0 or proxy.spare_idle_seconds <= 0:
+        raise ConfigError("[proxy].spares must be >= 0 and spare_idle_seconds > 0")
 
     paths = _table(data, "paths")
 

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (s
 
 log = logging.getLogger("qproxy.serve")
 CLEANUP_TIMEOUT = 8.0
+AFTER_START_DELAY = 0.2  # seconds after serving (a claimed spare starts its successor)
 # `qproxy serve` as a process: everything is written, closed and fsync'ed when main returns;
 # qproxy.cli then exits without tearing the interpreter down (see there).
 EXIT_AT_ONCE = True
@@ -253,7 +254,8 @@ def remove_env_file(path: Path) -> None:
 
 
 async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prepared,
-              sock: socket.socket, signals: Signals) -> int:
+              sock: socket.socket, signals: Signals,
+              after_start: Callable[[], None] | None = None) -> int:
     import asyncio
 
     from aiohttp import web
@@ -278,6 +280,8 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
              conf.proxy.host, sock.getsockname()[1])
     warm = asyncio.create_task(warm_up(ctx))
     poller = asyncio.create_task(poll_status(ctx))
+    if after_start is not None:  # off the job's launch: it is done by then
+        loop.call_later(AFTER_START_DELAY, after_start)
 
     await stop.wait()
     log.info("job %s: shutting down", args.job_id)
@@ -317,12 +321,20 @@ def setup_logging() -> None:
     )
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], after_start: Callable[[], None] | None = None) -> int:
     """Start order, so that the job's launch never waits for aiohttp's imports (~200 ms):
     validate, read the secret and the ledger, open the audit log, bind the port, write the
     env file and the audit ``start`` record -- then import the app and serve. A job that
     connects early waits in the listen backlog. A SIGTERM that arrives before the app runs, with no
     upstream work in the ledger, ends the proxy at once with the same summary."""
+    if argv[:1] == ["--spare"]:  # `qproxy serve --spare ID --config PATH` (qproxy.spare)
+        from qproxy.spare import serve_spare
+
+        setup_logging()
+        if len(argv) != 4 or argv[2] != "--config":
+            print("usage: qproxy serve --spare ID --config PATH", file=sys.stderr)
+            return 2
+        return serve_spare(argv[1], argv[3])
     args = parse_args(argv)
     setup_logging()
     signals = Signals()
@@ -369,7 +381,7 @@ def main(argv: list[str]) -> int:
                     "quantum_seconds": 0.0},
                    {"requests": 0, "bytes_in": 0, "bytes_out": 0})
             return 0
-        return asyncio.run(run(args, conf, token, prep, sock, signals))
+        return asyncio.run(run(args, conf, token, prep, sock, signals, after_start))
     except (cfg.ConfigError, SecretsError, OSError) as exc:
         print(f"qproxy serve: {exc}", file=sys.stderr)
         remove_env_file(args.env_file)

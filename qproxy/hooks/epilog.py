@@ -33,7 +33,7 @@ def _audit_end(config: Config, job_id: str, fields: dict[str, Any]) -> str | Non
     from qproxy.audit import AuditLog
 
     path = config.audit_dir / f"job-{job_id}.jsonl"
-    audit = AuditLog(path, job_id=job_id)
+    audit = AuditLog(path, structured=False, job_id=job_id)
     try:
         audit.record("job_end", **fields)
         return audit.head
@@ -63,7 +63,8 @@ def finish(config: Config, job_id: str, reason: str) -> dict[str, Any]:
                               "lanes": record.get("lanes"), "user": record.get("user"),
                               "time": time.time()}
     pid = record.get("pid")
-    stopped = proxyproc.stop(pid, job_id) if isinstance(pid, int) else "absent"
+    spare = record.get("spare") if isinstance(record.get("spare"), str) else None
+    stopped = proxyproc.stop(pid, job_id, spare=spare) if isinstance(pid, int) else "absent"
     result["proxy"] = stopped
     summary = _read_json(job.summary) if stopped != "killed" else None
     if summary is None and resource:

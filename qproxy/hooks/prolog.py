@@ -7,6 +7,7 @@ from __future__ import annotations
 import pwd
 import time
 
+from qproxy import spare
 from qproxy.config import Config, Resource
 from qproxy.hooks import lease, proxyproc
 from qproxy.hooks.slurm import (
@@ -91,7 +92,9 @@ def acquire_lanes(config: Config, resource: Resource, job_id: str, lanes: int) -
 
 
 def start_proxy(config: Config, job: JobState, resource: Resource, user: str, lanes: int,
-                info: JobInfo) -> int:
+                info: JobInfo) -> tuple[int, str | None]:
+    """(pid, spare id): a ready spare takes the job if there is one (qproxy.spare), else a
+    new process starts."""
     args = ["--config", str(config.path), "--job-id", job.job_id, "--user", user,
             "--backend", resource.name, "--lanes", str(lanes),
             "--end-time", str(int(info.end_time or time.time() + 365 * 86400)),
@@ -101,14 +104,31 @@ def start_proxy(config: Config, job: JobState, resource: Resource, user: str, la
         args += ["--account", info.account]
     # Not waiting for readiness here: the proxy's start overlaps the step launch, and the
     # first task's `task-env` waits (bounded) for its env file or reports that it died.
-    return proxyproc.start(args, job.proxy_log).pid
+    if config.proxy.spares > 0:
+        try:
+            claimed = spare.claim(config.state_dir, args, job.proxy_log)
+        except OSError:
+            log.exception("job %s: claiming a spare proxy failed", job.job_id)
+            claimed = None
+        if claimed is not None:
+            return claimed
+    return proxyproc.start(args, job.proxy_log).pid, None
+
+
+def keep_spares(config: Config) -> None:
+    """After the job's own proxy: start a spare for the next QPU job on this node."""
+    try:
+        spare.ensure(config.state_dir, config.path, config.proxy.spares, proxyproc.CLEAN_ENV)
+    except Exception:  # an optimisation only: never fails the prolog
+        log.exception("starting a spare proxy failed")
 
 
 def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
     job = JobState.of(config, job_id)
     old = job.read_record()
     if old and isinstance(old.get("pid"), int):  # requeued job: stop the previous proxy
-        proxyproc.stop(old["pid"], job_id, grace=5)
+        old_spare = old.get("spare") if isinstance(old.get("spare"), str) else None
+        proxyproc.stop(old["pid"], job_id, grace=5, spare=old_spare)
     job.remove()
     job.create()
     user = _user_name(uid)
@@ -119,16 +139,20 @@ def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
         resource, lanes = check(config, backend, user, info)
         acquire_lanes(config, resource, job_id, lanes)
         leased = True
-        pid = start_proxy(config, job, resource, user, lanes, info)
+        pid, spare_id = start_proxy(config, job, resource, user, lanes, info)
         comment = start_admin_comment(job_id, f"qpu backend={resource.name} lanes={lanes}")
         job.write_record({
             "job_id": job_id, "user": user, "uid": uid, "account": info.account,
             "resource": resource.name, "upstream_backend": resource.backend, "lanes": lanes,
-            "pid": pid, "env_file": str(job.env_file), "started": time.time(),
+            "pid": pid, "spare": spare_id, "env_file": str(job.env_file),
+            "started": time.time(),
         })
         finish_admin_comment(job_id, comment)
-        log.info("job %s: proxy pid %d for %s (%d lanes, user %s) started in %.2fs",
-                 job_id, pid, resource.name, lanes, user, time.monotonic() - t0)
+        log.info("job %s: proxy pid %d%s for %s (%d lanes, user %s) started in %.2fs",
+                 job_id, pid, f" (spare {spare_id})" if spare_id else "", resource.name, lanes,
+                 user, time.monotonic() - t0)
+        if spare_id is None:  # none was ready (a claimed one starts its own successor)
+            keep_spares(config)
     except JobRefused as exc:
         log.info("job %s: refused: %s", job_id, exc)
         job.set_error(str(exc))

@@ -33,8 +33,9 @@ def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         os.close(fd)
 
 
-def is_our_proxy(pid: int, job_id: str) -> bool:
-    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`."""
+def is_our_proxy(pid: int, job_id: str, spare: str | None = None) -> bool:
+    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`, or the
+    spare the prolog handed this job to (`qproxy serve --spare <spare>`, see qproxy.spare)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -42,7 +43,8 @@ def is_our_proxy(pid: int, job_id: str) -> bool:
     words = [a.decode(errors="replace") for a in argv]
     if "serve" not in words:
         return False
-    return any(w == "--job-id" and i + 1 < len(words) and words[i + 1] == job_id
+    wanted = [("--job-id", job_id)] + ([("--spare", spare)] if spare else [])
+    return any(i + 1 < len(words) and (w, words[i + 1]) in wanted
                for i, w in enumerate(words))
 
 
@@ -81,7 +83,7 @@ def _wait_exit(pidfd: int | None, pid: int, timeout: float) -> bool:
     return not alive(pid)
 
 
-def stop(pid: int, job_id: str, grace: float = 15.0) -> str:
+def stop(pid: int, job_id: str, grace: float = 15.0, spare: str | None = None) -> str:
     """SIGTERM (graceful: the proxy cancels upstream work and writes its summary), then
     SIGKILL. Returns what happened: 'absent', 'terminated' or 'killed'.
 
@@ -95,7 +97,7 @@ def stop(pid: int, job_id: str, grace: float = 15.0) -> str:
     except (AttributeError, OSError):
         pidfd = None
     try:
-        if not is_our_proxy(pid, job_id):
+        if not is_our_proxy(pid, job_id, spare):
             return "absent"
         _signal(pidfd, pid, signal.SIGTERM)
         if _wait_exit(pidfd, pid, grace):
@@ -117,7 +119,8 @@ def _signal(pidfd: int | None, pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def wait_ready(path: Path, pid: int, job_id: str, timeout: float) -> dict[str, str] | None:
+def wait_ready(path: Path, pid: int, job_id: str, timeout: float,
+               spare: str | None = None) -> dict[str, str] | None:
     """The proxy's env file once it exists; None if the proxy is gone or the time is up."""
     deadline = time.monotonic() + timeout
     delay = 0.002
@@ -126,7 +129,7 @@ def wait_ready(path: Path, pid: int, job_id: str, timeout: float) -> dict[str, s
             return read_env_file(path)
         except FileNotFoundError:
             pass
-        if not (is_our_proxy(pid, job_id) and alive(pid)) or time.monotonic() > deadline:
+        if not (is_our_proxy(pid, job_id, spare) and alive(pid)) or time.monotonic() > deadline:
             try:  # it may have written the file and died since the first look
                 return read_env_file(path)
             except FileNotFoundError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from qproxy import spare
 from qproxy.config import Config
 from qproxy.hooks import lease
 from qproxy.hooks.epilog import finish
@@ -31,6 +32,12 @@ def reap(config: Config, everything: bool = False) -> list[dict[str, Any]]:
         if job_id not in live and (everything or not _young(config, job_id, asked)):
             log.info("reap: job %s is not running any more", job_id)
             done.append(finish(config, job_id, "reaped"))
+    if everything:  # the node goes down: no spare for a next job
+        n = spare.stop_all(config.state_dir)
+        if n:
+            log.info("reap: stopped %d spare proxies", n)
+    else:
+        spare.listing(config.state_dir)  # drops files of spares that died
     for resource, held in lease.held(config).items():
         for job_id in held:
             if job_id not in live and job_id not in job_dirs(config):

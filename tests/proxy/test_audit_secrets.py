@@ -32,6 +32,28 @@ def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[st
     )
 
 
+def test_unstructured_writer_appends_the_same_records(tmp_path: Path) -> None:
+    """The epilog's structlog-free writer must produce what structlog does (same fields,
+    same rendering) and continue the chain."""
+    path = tmp_path / "a.jsonl"
+    a = AuditLog(path, job_id="1", user="u")
+    a.record("job_end", reason="epilog", lanes=2, cancelled=[])
+    a.close()
+    b = AuditLog(path, structured=False, job_id="1", user="u")
+    b.record("job_end", reason="epilog", lanes=2, cancelled=[])
+    head = b.head
+    b.close()
+    assert verify(path, head)[:2] == (True, 2)
+    lines = path.read_bytes().splitlines()
+    first, second = (orjson.loads(x) for x in lines)
+    assert sorted(first) == sorted(second)
+    drop = {"seq", "prev", "hash", "time"}
+    assert {k: v for k, v in first.items() if k not in drop} == {
+        k: v for k, v in second.items() if k not in drop}
+    # canonical rendering (sorted keys, compact) on both lines
+    assert all(x == orjson.dumps(orjson.loads(x), option=orjson.OPT_SORT_KEYS) for x in lines)
+
+
 def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     log = _log(path)

@@ -41,7 +41,14 @@ def upstream_status(cluster: Cluster, ids: list[str]) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def start_busy(cluster: Cluster, *args: str) -> tuple[Job, list[str], int]:
+def proxy_of(cluster: Cluster, job_id: str) -> tuple[int, str | None]:
+    """(pid, spare id) from the job's record: a proxy that was a spare is recognised by its
+    `--spare ID`, not by a `--job-id` (qproxy/spare.py)."""
+    record = json.loads((cluster.run_dir / job_id / "record.json").read_text())
+    return int(record["pid"]), record.get("spare")
+
+
+def start_busy(cluster: Cluster, *args: str) -> tuple[Job, list[str], tuple[int, str | None]]:
     job = cluster.sbatch(
         f"srun python3 {TOOL} busy 2\n", "--q_backend=ibm_fez", "-L", "ibm_fez:2", *args, wait=False
     )
@@ -54,13 +61,15 @@ def start_busy(cluster: Cluster, *args: str) -> tuple[Job, list[str], int]:
     if len(ids) != 2:
         cluster.as_user("scancel", job.id)
         raise AssertionError(job.output())
-    record = json.loads((cluster.run_dir / job.id / "record.json").read_text())
-    return job, ids, int(record["pid"])
+    proxy = proxy_of(cluster, job.id)
+    assert is_our_proxy(proxy[0], job.id, proxy[1])
+    return job, ids, proxy
 
 
-def assert_clean(cluster: Cluster, job: Job, ids: list[str], pid: int) -> dict[str, Any]:
+def assert_clean(cluster: Cluster, job: Job, ids: list[str],
+                 proxy: tuple[int, str | None]) -> dict[str, Any]:
     cluster.wait_gone(job.id)
-    assert not is_our_proxy(pid, job.id)
+    assert not is_our_proxy(proxy[0], job.id, proxy[1])
     statuses = upstream_status(cluster, ids)
     assert all(s in FINAL for s in statuses.values()), statuses
     usage = cluster.usage(job.id)
@@ -70,23 +79,23 @@ def assert_clean(cluster: Cluster, job: Job, ids: list[str], pid: int) -> dict[s
 
 
 def test_scancel(qpu_cluster: Cluster) -> None:
-    job, ids, pid = start_busy(qpu_cluster)
+    job, ids, proxy = start_busy(qpu_cluster)
     qpu_cluster.as_user("scancel", job.id)
-    assert_clean(qpu_cluster, job, ids, pid)
+    assert_clean(qpu_cluster, job, ids, proxy)
 
 
 def test_time_limit(qpu_cluster: Cluster) -> None:
-    job, ids, pid = start_busy(qpu_cluster, "--time=1")
+    job, ids, proxy = start_busy(qpu_cluster, "--time=1")
     # Slurm's time limit granularity is a minute (checked every ~30 s)
     qpu_cluster.wait_state(job.id, {"TIMEOUT"}, timeout=150)
-    assert_clean(qpu_cluster, job, ids, pid)
+    assert_clean(qpu_cluster, job, ids, proxy)
 
 
 def test_proxy_death(qpu_cluster: Cluster) -> None:
-    job, ids, pid = start_busy(qpu_cluster)
-    os.kill(pid, signal.SIGKILL)  # no graceful shutdown, no summary
+    job, ids, proxy = start_busy(qpu_cluster)
+    os.kill(proxy[0], signal.SIGKILL)  # no graceful shutdown, no summary
     qpu_cluster.as_user("scancel", job.id)
-    usage = assert_clean(qpu_cluster, job, ids, pid)
+    usage = assert_clean(qpu_cluster, job, ids, proxy)
     assert usage.get("by") == "epilog", usage
 
 
@@ -97,7 +106,7 @@ def test_proxy_death_fails_new_steps_clearly(cluster: Cluster) -> None:
     while not (cluster.run_dir / job.id / "record.json").exists():
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    pid = json.loads((cluster.run_dir / job.id / "record.json").read_text())["pid"]
+    pid, _ = proxy_of(cluster, job.id)
     os.kill(pid, signal.SIGKILL)
     cluster.wait_state(job.id, {"FAILED", "COMPLETED"}, timeout=60)
     assert "QPU proxy of job" in job.output() and "no longer running" in job.output()
@@ -133,15 +142,15 @@ def test_slurmd_restart_mid_job(cluster: Cluster) -> None:
     while not (cluster.run_dir / job.id / "record.json").exists():
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    pid = json.loads((cluster.run_dir / job.id / "record.json").read_text())["pid"]
+    pid, spare = proxy_of(cluster, job.id)
     slurmd = int((cluster.state / "pid" / "slurmd.pid").read_text())
     os.kill(slurmd, signal.SIGTERM)
     while Path(f"/proc/{slurmd}").exists():
         time.sleep(0.1)
-    assert is_our_proxy(pid, job.id)
+    assert is_our_proxy(pid, job.id, spare)
     subprocess.run([sys.executable, str(Path(__file__).parents[2] / "scripts" / "cluster"),
                     "up"], check=True, stdout=subprocess.DEVNULL)
     cluster.wait_state(job.id, {"COMPLETED"}, timeout=60)
     assert "ibm_fez" in job.output()
     cluster.wait_gone(job.id)
-    assert not is_our_proxy(pid, job.id)
+    assert not is_our_proxy(pid, job.id, spare)

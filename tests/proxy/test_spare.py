@@ -1,0 +1,148 @@
+"""Spare proxies (qproxy/spare.py): a pre-started `qproxy serve --spare` takes a job's
+arguments from the prolog's claim and becomes that job's proxy; it is claimed once, refuses
+other code, idles out, and the hooks' PID-reuse guard recognises it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from qproxy import spare
+from qproxy.hooks import proxyproc
+
+from .conftest import read_env_file, write_config
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+
+
+def _wait(cond: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _ready(state: Path) -> list[tuple[Path, int, str]]:
+    return [s for s in spare.listing(state) if s[0].name.endswith(".sock")]
+
+
+@pytest.fixture
+def node(emulator: Any, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    conf = write_config(emulator, tmp_path, proxy_extra="spare_idle_seconds = 120")
+    state = tmp_path / "state"
+    try:
+        yield conf, state
+    finally:
+        spare.stop_all(state)
+
+
+def _argv(conf: Path, d: Path, job: str) -> list[str]:
+    return ["--config", str(conf), "--job-id", job, "--user", "u", "--backend", "ibm_fez",
+            "--lanes", "1", "--end-time", "9999999999", "--env-file", str(d / "proxy.env"),
+            "--audit-log", str(d / "audit.jsonl"), "--ledger-file", str(d / "ledger.jsonl"),
+            "--summary-file", str(d / "summary.json")]
+
+
+def test_spare_becomes_the_jobs_proxy(node: tuple[Path, Path], tmp_path: Path) -> None:
+    conf, state = node
+    assert spare.ensure(state, conf, 1, ENV) == 1
+    assert spare.ensure(state, conf, 1, ENV) == 0  # one is starting: no second one
+    _wait(lambda: _ready(state))
+    [(_, pid, spare_id)] = spare.listing(state)
+    assert oct(os.stat(state / "spares").st_mode & 0o777) == "0o700"
+    job = tmp_path / "job51"
+    job.mkdir()
+    got = spare.claim(state, _argv(conf, job, "51"), job / "proxy.log")
+    assert got == (pid, spare_id)
+    assert spare.listing(state) == []  # claimed: nobody else can have it
+    assert spare.claim(state, _argv(conf, job, "52"), job / "other.log") is None
+    _wait(lambda: (job / "proxy.env").exists(), 30)
+    # the hooks' PID-reuse guard: this job's proxy only with the spare id from its record
+    assert proxyproc.is_our_proxy(pid, "51", spare_id)
+    assert not proxyproc.is_our_proxy(pid, "51")
+    assert not proxyproc.is_our_proxy(pid, "52", "0123abcd")
+    env = read_env_file(job / "proxy.env")
+    r = requests.post(env["IAM_URL"] + "/identity/token", timeout=30, data={
+        "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": env["QISKIT_IBM_TOKEN"]})
+    assert r.status_code == 200
+    h = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    backends = requests.get(env["QISKIT_IBM_URL"] + "/backends", headers=h, timeout=30)
+    assert [b["name"] for b in backends.json()["devices"]] == ["ibm_fez"]
+    # the claimed spare starts its successor once it serves, so the next job finds one
+    _wait(lambda: _ready(state), 60)
+    [(_, successor, _)] = spare.listing(state)
+    assert successor != pid
+    assert proxyproc.stop(pid, "51", spare=spare_id) == "terminated"
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["job_id"] == "51" and summary["requests"] == 2
+    log = (job / "proxy.log").read_text()
+    assert "job 51: proxy for ibm_fez listening" in log and "Traceback" not in log
+    left = sorted(p.name for p in (state / "spares").iterdir())
+    assert all(name.startswith(f"{successor}-") or not name.startswith(str(pid)) for name in left)
+    assert f"{spare_id}.log" not in left  # the claimed spare's own log went with the claim
+
+
+def test_spare_refuses_other_code(node: tuple[Path, Path], tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prolog of an upgraded qproxy must not be served by a spare started before."""
+    conf, state = node
+    spare.ensure(state, conf, 1, ENV)
+    _wait(lambda: _ready(state))
+    [(_, pid, _)] = spare.listing(state)
+    monkeypatch.setattr(spare, "identity", lambda: "some other install")
+    job = tmp_path / "job53"
+    job.mkdir()
+    assert spare.claim(state, _argv(conf, job, "53"), job / "proxy.log") is None
+    _wait(lambda: not proxyproc.alive(pid), 30)
+    assert not (job / "proxy.env").exists() and spare.listing(state) == []
+
+
+def test_idle_spare_exits(emulator: Any, tmp_path: Path) -> None:
+    conf = write_config(emulator, tmp_path, proxy_extra="spare_idle_seconds = 0.5")
+    state = tmp_path / "state"
+    spare.ensure(state, conf, 1, ENV)
+    _wait(lambda: spare.listing(state))
+    [(_, pid, _)] = spare.listing(state)
+    _wait(lambda: not proxyproc.alive(pid), 60)
+    assert spare.listing(state) == []
+
+
+def test_stop_all_and_dead_spares(node: tuple[Path, Path]) -> None:
+    conf, state = node
+    spare.ensure(state, conf, 2, ENV)
+    _wait(lambda: len(_ready(state)) == 2)
+    pids = [pid for _, pid, _ in spare.listing(state)]
+    assert spare.stop_all(state) == 2
+    _wait(lambda: not any(proxyproc.alive(p) for p in pids), 30)
+    # files left by a spare that was killed are dropped by the next look
+    (state / "spares" / "999999-deadbeef.sock").touch()
+    assert spare.listing(state) == [] and not list((state / "spares").iterdir())
+
+
+def test_spare_usage_errors(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "qproxy", "serve", "--spare"]
+    r = subprocess.run([*run, "x"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "usage: qproxy serve --spare ID --config PATH" in r.stderr
+    r = subprocess.run([*run, "abc", "--config", str(tmp_path / "none.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("qproxy serve: cannot read config")
+    assert "Traceback" not in r.stderr
+
+
+def test_spare_settings_are_checked(emulator: Any, tmp_path: Path) -> None:
+    from qproxy.config import ConfigError, load
+
+    assert load(write_config(emulator, tmp_path / "a")).proxy.spares == 1  # on by default
+    assert load(write_config(emulator, tmp_path / "b", "spares = 0")).proxy.spares == 0
+    for bad in ("spares = -1", "spare_idle_seconds = 0"):
+        with pytest.raises(ConfigError, match=r"\[proxy\].spares must be >= 0"):
+            load(write_config(emulator, tmp_path / "c", bad))
