@@ -127,6 +127,7 @@ def _handoffs(spans: list[tuple[float, float, list[str]]],
 def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     cluster_cmd("up", check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     emu = EmulatorReader(EMULATOR_URL, (STATE / "emulator.keys").read_text().split()[0])
+    emu.wait_warm(300)  # calibrate on warm lanes; on timeout (False) calibrate anyway
     # All programs start with a classical phase, so the lane idles for one classical phase
     # in both modes; with K calls in all and C = Q even a zero-overhead mode (b) is capped at
     # busy K/(K+1) against (a)'s 1/2, i.e. a ratio of 2K/(K+1): 1.71 for K = 6 (3 programs x 2

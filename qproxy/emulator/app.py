@@ -48,7 +48,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Liveness plus warm-up progress: ``lanes_warm`` of ``lanes`` lane workers have built
+    their device's noise model (see :mod:`.jobs`). No authentication."""
+    scheduler = request.app[SCHEDULER]
+    return web.json_response(
+        {"status": "ok", "lanes": scheduler.lanes_total, "lanes_warm": scheduler.lanes_warm}
+    )
 
 
 def create_app(

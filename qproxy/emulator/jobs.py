@@ -4,10 +4,21 @@ A job moves Queued -> Running -> Completed | Failed, or to Cancelled from either
 state; the state strings are the API's, which the client maps to QUEUED/RUNNING/DONE/ERROR/
 CANCELLED. Each backend has a FIFO queue drained by ``lanes`` asyncio workers: a lane is one
 parallel execution on the device, so with one lane jobs run strictly one after the other.
-The simulation itself runs in a thread pool sized to the total lane count: Aer does its work
-in C++ with the GIL released, the per-device noise models are shared in memory (a process
-pool would rebuild or pickle a 156-qubit noise model per worker), and the event loop never
-blocks on a simulation.
+
+Each lane is pinned to its own worker process (a single-worker process pool, see worker.py
+for why processes and not threads): at start the lane's worker builds its device's noise
+model (``worker.warm_up``), and the lane takes its first job only once that is done, so no
+job pays for the build and every job of a lane runs on a warm worker. A shared pool would
+hand a job to whichever worker is idle, so the first jobs of a backend landed on workers
+warmed for another backend and each rebuilt the models (several seconds at 133-156 qubits).
+Memory: each worker holds only its own backend's models (one noise model per lane, where a
+shared pool's workers would each end up holding every backend's). The number of lanes whose
+warm-up has finished is ``Scheduler.lanes_warm`` (``GET /health`` reports it). A worker that
+dies (its pool is then broken) is replaced, and the fresh one warmed up again; workers exit
+by themselves if the emulator process dies (``worker.exit_with``).
+
+The event loop never blocks on a simulation; a small thread pool builds the noise model the
+submit-time checks use in this process.
 """
 
 from __future__ import annotations
@@ -15,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import time
 import traceback
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -209,14 +222,55 @@ class Scheduler:
         self._counter = 0
         self._queues: dict[str, asyncio.Queue[Job]] = {}
         self._workers: list[asyncio.Task[None]] = []
-        total = sum(d.lanes for d in devices.values())
         # light work (noise-model warm-up for submit-time checks) stays in a thread
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm")
-        # simulations run in worker processes, one per lane (see worker.py for why);
-        # forkserver: workers start from a clean process, not a fork of this threaded one
-        self._procs = ProcessPoolExecutor(
-            max_workers=max(1, total), mp_context=multiprocessing.get_context("forkserver")
+        # simulations run in worker processes, one pinned to each lane (see worker.py and
+        # the module docstring); forkserver: workers start from a clean process, not a fork
+        # of this threaded one
+        self._mp = multiprocessing.get_context("forkserver")
+        self._procs: dict[tuple[str, int], ProcessPoolExecutor] = {
+            (name, lane): self._new_executor()
+            for name, device in devices.items()
+            for lane in range(device.lanes)
+        }
+        self._warming: dict[tuple[str, int], asyncio.Future[bool]] = {}
+        self._warm: set[tuple[str, int]] = set()
+
+    @property
+    def lanes_total(self) -> int:
+        return len(self._procs)
+
+    @property
+    def lanes_warm(self) -> int:
+        """Lanes whose worker has built its device's noise model (a failed warm-up counts
+        as not warm)."""
+        return len(self._warm)
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1, mp_context=self._mp, initializer=worker.exit_with,
+            initargs=(os.getpid(),),
         )
+
+    def _warm_up(self, device: Device, lane: int) -> None:
+        """Have the lane's own worker build its device's models; record when it is done."""
+        key = (device.name, lane)
+        self._warm.discard(key)
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._procs[key], worker.warm_up, device.name, device.fake_name
+        )
+        self._warming[key] = fut
+
+        def done(f: asyncio.Future[bool]) -> None:
+            exc = None if f.cancelled() else f.exception()
+            if f.cancelled() or self._warming.get(key) is not f:
+                return  # stopped, or a replaced worker's
+            if exc is not None:
+                log.warning("warm-up of %s lane %d failed: %r", device.name, lane, exc)
+            else:
+                self._warm.add(key)
+
+        fut.add_done_callback(done)
 
     async def start(self) -> None:
         """Start the lane workers and build the noise models in the background."""
@@ -225,8 +279,8 @@ class Scheduler:
             queue: asyncio.Queue[Job] = asyncio.Queue()
             self._queues[name] = queue
             for lane in range(device.lanes):
+                self._warm_up(device, lane)
                 self._workers.append(asyncio.create_task(self._lane(device, lane, queue)))
-                loop.run_in_executor(self._procs, worker.warm_up, device.name, device.fake_name)
             loop.run_in_executor(self._pool, device.noise_model)
 
     async def stop(self) -> None:
@@ -234,7 +288,8 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._procs.shutdown(wait=False, cancel_futures=True)
+        for procs in self._procs.values():
+            procs.shutdown(wait=False, cancel_futures=True)
 
     def queue_length(self, backend: str) -> int:
         return sum(1 for j in self.jobs.values() if j.backend == backend and j.state == QUEUED)
@@ -307,7 +362,13 @@ class Scheduler:
 
     async def _lane(self, device: Device, lane: int, queue: asyncio.Queue[Job]) -> None:
         loop = asyncio.get_running_loop()
+        key = (device.name, lane)
         while True:
+            # the first job (and the first after a worker was replaced) waits, Queued, for
+            # the warm-up; a failed warm-up does not stop the lane (the job builds the model)
+            warming = self._warming.get(key)
+            if warming is not None and not warming.done():
+                await asyncio.wait([warming])
             job = await queue.get()
             if job.final:
                 continue
@@ -315,10 +376,10 @@ class Scheduler:
             job.running = time.time()
             job.log(f"job running on {device.name} lane {lane}")
             try:
-                (outcome, result, code), _ = await asyncio.gather(
+                (pid, (outcome, result, code)), _ = await asyncio.gather(
                     loop.run_in_executor(
-                        self._procs, worker.run_job, job.program_id, device.name,
-                        device.fake_name, job.params, job.seed,
+                        self._procs[key], worker.run_job_in_worker, job.program_id,
+                        device.name, device.fake_name, job.params, job.seed,
                     ),
                     asyncio.sleep(self.min_job_seconds),
                 )
@@ -326,11 +387,21 @@ class Scheduler:
                 if not job.final:
                     job.set_final(FAILED, exc.message, exc.code)
                 continue
+            except BrokenProcessPool as exc:
+                log.error("worker of %s lane %d died (job %s); starting a new one",
+                          device.name, lane, job.id)
+                self._procs[key].shutdown(wait=False, cancel_futures=True)
+                self._procs[key] = self._new_executor()
+                self._warm_up(device, lane)
+                if not job.final:
+                    job.set_final(FAILED, f"Internal error while running the job: {exc}", 1500)
+                continue
             except Exception as exc:  # noqa: BLE001 - a job failure must not kill the lane
                 log.error("job %s crashed:\n%s", job.id, traceback.format_exc())
                 if not job.final:
                     job.set_final(FAILED, f"Internal error while running the job: {exc}", 1500)
                 continue
+            job.log(f"executed by worker process {pid}")
             if job.final:
                 continue
             if outcome == "failed":

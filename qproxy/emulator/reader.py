@@ -42,6 +42,28 @@ class EmulatorReader:
         with urllib.request.urlopen(req, timeout=self.timeout) as r:
             return json.load(r)
 
+    def health(self) -> dict[str, Any]:
+        """``GET /health`` (outside the API, no token): ``{"status": "ok", "lanes": N,
+        "lanes_warm": M}``."""
+        with urllib.request.urlopen(f"{self.url}/health", timeout=self.timeout) as r:
+            return dict(json.load(r))
+
+    def wait_warm(self, timeout: float, interval: float = 0.25) -> bool:
+        """Poll /health until every lane's worker has built its noise model: True, or False
+        after ``timeout`` seconds (an unreachable emulator is retried until then). An
+        emulator that does not report warm-up (no ``lanes`` field) counts as warm."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                doc = self.health()
+                if int(doc.get("lanes_warm", 0)) >= int(doc.get("lanes", 0)):
+                    return True
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
     def jobs_since(self, t0: float, *, backend: str | None = None,
                    pending: bool | None = None) -> list[dict[str, Any]]:
         q = {"created_after": iso_time(t0), "limit": "1000"}
