@@ -16,6 +16,9 @@ name = os.environ["FAKE_SLURM_CMD"]
 args = sys.argv[1:]
 with open(D / "calls.jsonl", "a") as fh:
     fh.write(json.dumps([name, *args]) + "\n")
+if name == "sbatch":  # what the job would inherit from the submitting process
+    (D / "sbatch_env.json").write_text(json.dumps(
+        {k: os.environ.get(k) for k in ("SLURM_EXPORT_ENV", "SLURM_GET_USER_ENV", "MY_VAR")}))
 jobs_path = D / "jobs.json"
 jobs = json.loads(jobs_path.read_text()) if jobs_path.exists() else {}
 extra = json.loads((D / "extra.json").read_text()) if (D / "extra.json").exists() else {}

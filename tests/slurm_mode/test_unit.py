@@ -127,6 +127,23 @@ def test_sampler_submits_payload_and_gres(fake: FakeSlurm) -> None:
     assert job.status() is SlurmJobStatus.PENDING
 
 
+def test_submit_does_not_inherit_export_settings(fake: FakeSlurm,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program started with `sbatch --export=ALL,VAR=x` has SLURM_EXPORT_ENV and
+    SLURM_GET_USER_ENV=1 in its environment; passed on, every primitive job would wait for
+    slurmd to capture the user's login environment. The job still gets the caller's env."""
+    monkeypatch.setenv("SLURM_EXPORT_ENV", "ALL,MY_VAR=1")
+    monkeypatch.setenv("SLURM_GET_USER_ENV", "1")
+    monkeypatch.setenv("MY_VAR", "1")
+    SlurmSampler("ibm_fez").run([bell()])
+    (args,) = fake.calls("sbatch")
+    assert args[:2] == ["--parsable", "--export=ALL"]
+    env = json.loads((fake.root / "sbatch_env.json").read_text())
+    assert env == {"SLURM_EXPORT_ENV": None, "SLURM_GET_USER_ENV": None, "MY_VAR": "1"}
+    SlurmSampler("ibm_fez", extra_args=["--export=NONE"]).run([bell()])
+    assert [a for a in fake.calls("sbatch")[1] if a.startswith("--export")] == ["--export=NONE"]
+
+
 def test_estimator_license_mode(fake: FakeSlurm) -> None:
     qc = QuantumCircuit(2)
     qc.h(0)
