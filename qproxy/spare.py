@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qproxy.hooks.proxyproc import alive, serve_options
+
 CLAIM_TIMEOUT = 2.0  # a ready spare answers in milliseconds
 MAX_REQUEST = 64 * 1024
 
@@ -68,19 +70,7 @@ def _parse_name(name: str) -> tuple[int, str] | None:
 
 def is_spare(pid: int, spare_id: str) -> bool:
     """PID-reuse guard: the process must be ``qproxy serve --spare <spare_id>``."""
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    want = [b"--spare", spare_id.encode()]
-    return b"serve" in words and any(words[i:i + 2] == want for i in range(len(words)))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
+    return ("--spare", spare_id) in serve_options(pid)
 
 
 def listing(state_dir: Path) -> list[tuple[Path, int, str]]:
@@ -97,7 +87,7 @@ def listing(state_dir: Path) -> list[tuple[Path, int, str]]:
             continue
         pid, spare_id = parsed
         path = d / name
-        if _alive(pid) and is_spare(pid, spare_id):
+        if alive(pid) and is_spare(pid, spare_id):
             found.append((path, pid, spare_id))
         else:
             path.unlink(missing_ok=True)

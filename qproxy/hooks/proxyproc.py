@@ -33,19 +33,23 @@ def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         os.close(fd)
 
 
-def is_our_proxy(pid: int, job_id: str, spare: str | None = None) -> bool:
-    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`, or the
-    spare the prolog handed this job to (`qproxy serve --spare <spare>`, see qproxy.spare)."""
+def serve_options(pid: int) -> set[tuple[str, str]]:
+    """(option, value) pairs of process pid if it is a `qproxy serve`, else empty."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
+        return set()
     words = [a.decode(errors="replace") for a in argv]
     if "serve" not in words:
-        return False
-    wanted = [("--job-id", job_id)] + ([("--spare", spare)] if spare else [])
-    return any(i + 1 < len(words) and (w, words[i + 1]) in wanted
-               for i, w in enumerate(words))
+        return set()
+    return set(zip(words, words[1:], strict=False))
+
+
+def is_our_proxy(pid: int, job_id: str, spare: str | None = None) -> bool:
+    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`, or the
+    spare the prolog handed this job to (`qproxy serve --spare <spare>`, see qproxy.spare)."""
+    wanted = {("--job-id", job_id)} | ({("--spare", spare)} if spare else set())
+    return bool(serve_options(pid) & wanted)
 
 
 def alive(pid: int) -> bool:
