@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qproxy.emulator.reader import EmulatorReader
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -119,6 +121,9 @@ def emulator(workdir: Path, *args: str) -> Iterator[Emulator]:
     try:
         wait_for_file(ready, 120, proc)
         info = json.loads(ready.read_text())
+        # its lane workers import qiskit and build noise models for ~20-30 s of CPU after it
+        # listens: measuring the proxy meanwhile measures that contention on 2 cores
+        EmulatorReader(info["url"], key).wait_warm(300)
         yield Emulator(info["url"], key, INSTANCE, proc)
     finally:
         stop(proc)

@@ -222,24 +222,24 @@ def _sub_circuit(
     return out, used
 
 
+def _aer_options(noise: Any, qubits: list[int], seed: int) -> dict[str, Any]:
+    """Aer primitive options: the device's noise on these qubits, one thread per lane worker
+    (lanes are processes), density matrix up to ``DM_MAX_QUBITS``."""
+    method = "density_matrix" if len(qubits) <= DM_MAX_QUBITS else "statevector"
+    return {
+        "backend_options": {"noise_model": noise, "method": method, "max_parallel_threads": 1},
+        "run_options": {"seed_simulator": seed},
+    }
+
+
 def _aer_sampler(device: Device, qubits: list[int], seed: int) -> Any:
     """Aer sampler for one bin: density matrix for small bins (one noisy evolution per
     parameter set, then all shots are sampled from it), noisy state-vector trajectories
     (one per shot) beyond ``DM_MAX_QUBITS``."""
     from qiskit_aer.primitives import SamplerV2 as AerSamplerV2
 
-    noise = device.noise_model_for(tuple(qubits))
-    method = "density_matrix" if len(qubits) <= DM_MAX_QUBITS else "statevector"
     return AerSamplerV2(
-        seed=seed,
-        options={
-            "backend_options": {
-                "noise_model": noise,
-                "method": method,
-                "max_parallel_threads": 1,
-            },
-            "run_options": {"seed_simulator": seed},
-        },
+        seed=seed, options=_aer_options(device.noise_model_for(tuple(qubits)), qubits, seed)
     )
 
 
@@ -373,18 +373,8 @@ def estimate(
     n_sets = math.prod(pshape) if pshape else 1
     term_ev: dict[str, np.ndarray] = {u: np.ones(pshape) for u in unique}
     if unique_real and qubits:
-        method = "density_matrix" if len(qubits) <= DM_MAX_QUBITS else "statevector"
         noise = device.noise_model_for(tuple(qubits), readout=False)
-        est = AerEstimatorV2(
-            options={
-                "backend_options": {
-                    "noise_model": noise,
-                    "method": method,
-                    "max_parallel_threads": 1,
-                },
-                "run_options": {"seed_simulator": seed},
-            }
-        )
+        est = AerEstimatorV2(options=_aer_options(noise, qubits, seed))
         if nparams:
             assert values is not None
             param_pos = {p.name: i for i, p in enumerate(circuit.parameters)}

@@ -42,9 +42,14 @@ def upstream_status(cluster: Cluster, ids: list[str]) -> dict[str, Any]:
 
 
 def proxy_of(cluster: Cluster, job_id: str) -> tuple[int, str | None]:
-    """(pid, spare id) from the job's record: a proxy that was a spare is recognised by its
-    `--spare ID`, not by a `--job-id` (qproxy/spare.py)."""
-    record = json.loads((cluster.run_dir / job_id / "record.json").read_text())
+    """(pid, spare id) from the job's record (waiting for the prolog to write it): a proxy
+    that was a spare is recognised by its `--spare ID`, not by a `--job-id` (qproxy/spare.py)."""
+    path = cluster.run_dir / job_id / "record.json"
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline, f"no record for job {job_id}"
+        time.sleep(0.1)
+    record = json.loads(path.read_text())
     return int(record["pid"]), record.get("spare")
 
 
@@ -102,10 +107,6 @@ def test_proxy_death(qpu_cluster: Cluster) -> None:
 def test_proxy_death_fails_new_steps_clearly(cluster: Cluster) -> None:
     job = cluster.sbatch("sleep 2; srun true\n", "--q_backend=ibm_fez", "--gres=qpu:1", wait=False)
     cluster.wait_state(job.id, {"RUNNING"})
-    deadline = time.monotonic() + 10
-    while not (cluster.run_dir / job.id / "record.json").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
     pid, _ = proxy_of(cluster, job.id)
     os.kill(pid, signal.SIGKILL)
     cluster.wait_state(job.id, {"FAILED", "COMPLETED"}, timeout=60)
@@ -138,10 +139,6 @@ def test_slurmd_restart_mid_job(cluster: Cluster) -> None:
     job = cluster.sbatch("sleep 8; srun printenv QPU_BACKEND\n", "--q_backend=ibm_fez",
                          "--gres=qpu:1", wait=False)
     cluster.wait_state(job.id, {"RUNNING"})
-    deadline = time.monotonic() + 10
-    while not (cluster.run_dir / job.id / "record.json").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
     pid, spare = proxy_of(cluster, job.id)
     slurmd = int((cluster.state / "pid" / "slurmd.pid").read_text())
     os.kill(slurmd, signal.SIGTERM)
