@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (s
 
 log = logging.getLogger("qproxy.serve")
 CLEANUP_TIMEOUT = 8.0
-AFTER_START_DELAY = 0.2  # seconds after serving (a claimed spare starts its successor)
+AFTER_START_DELAY = 0.0  # after serving: a claimed spare starts its successor (a job may
+# end within a fraction of a second; its first request comes ~0.1 s after this anyway)
 # `qproxy serve` as a process: everything is written, closed and fsync'ed when main returns;
 # qproxy.cli then exits without tearing the interpreter down (see there).
 EXIT_AT_ONCE = True
