@@ -77,8 +77,9 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     cluster_cmd("up", check=True, stdout=subprocess.DEVNULL)
     # a just-started emulator builds its noise models for ~20-30 s of CPU; the hooks measured
     # here are short Python processes that would be timed against that on 2 cores
-    EmulatorReader(EMULATOR_URL, (STATE / "emulator.keys").read_text().split()[0]).wait_warm(300)
-    workdir = Cluster(STATE, _env()).workdir()
+    cluster = Cluster(STATE, _env())
+    EmulatorReader(EMULATOR_URL, cluster.vendor_secret()).wait_warm(300)
+    workdir = cluster.workdir()
     script = workdir / "trivial.sh"
     script.write_text("#!/bin/bash\ntrue\n")
     script.chmod(0o755)

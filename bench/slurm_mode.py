@@ -126,7 +126,7 @@ def _handoffs(spans: list[tuple[float, float, list[str]]],
 
 def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     cluster_cmd("up", check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    emu = EmulatorReader(EMULATOR_URL, (STATE / "emulator.keys").read_text().split()[0])
+    emu = EmulatorReader(EMULATOR_URL, CLUSTER.vendor_secret())
     emu.wait_warm(300)  # calibrate on warm lanes; on timeout (False) calibrate anyway
     # All programs start with a classical phase, so the lane idles for one classical phase
     # in both modes; with K calls in all and C = Q even a zero-overhead mode (b) is capped at

@@ -33,8 +33,6 @@ if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (s
 
 log = logging.getLogger("qproxy.serve")
 CLEANUP_TIMEOUT = 8.0
-AFTER_START_DELAY = 0.0  # after serving: a claimed spare starts its successor (a job may
-# end within a fraction of a second; its first request comes ~0.1 s after this anyway)
 # `qproxy serve` as a process: everything is written, closed and fsync'ed when main returns;
 # qproxy.cli then exits without tearing the interpreter down (see there).
 EXIT_AT_ONCE = True
@@ -281,8 +279,8 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
              conf.proxy.host, sock.getsockname()[1])
     warm = asyncio.create_task(warm_up(ctx))
     poller = asyncio.create_task(poll_status(ctx))
-    if after_start is not None:  # off the job's launch: it is done by then
-        loop.call_later(AFTER_START_DELAY, after_start)
+    if after_start is not None:  # right away: a job may end within a fraction of a second,
+        loop.call_soon(after_start)  # and its first request comes ~0.1 s after this anyway
 
     await stop.wait()
     log.info("job %s: shutting down", args.job_id)

@@ -27,7 +27,6 @@ import signal
 import socket
 import struct
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -255,34 +254,29 @@ def serve_spare(spare_id: str, config_path: str) -> int:
 
         _normal_priority()
         os.rename(starting, ready)
-        deadline = time.monotonic() + conf.proxy.spare_idle_seconds
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+        sock.settimeout(conf.proxy.spare_idle_seconds)
+        try:
+            conn, _ = sock.accept()
+        except TimeoutError:
+            return 0
+        ready.unlink(missing_ok=True)  # nobody else can claim this process now
+        sock.close()
+        with conn:
+            request = _read_request(conn)
+            if _peer_uid(conn) != os.getuid() or request is None:
+                _reply(conn, ok=False, error="bad request")
+                rc = 1
+                return rc
+            if request["identity"] != mine:
+                _reply(conn, ok=False, error="stale spare (qproxy changed since it started)")
                 return 0
-            sock.settimeout(left)
-            try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                return 0
-            ready.unlink(missing_ok=True)  # nobody else can claim this process now
-            sock.close()
-            with conn:
-                request = _read_request(conn)
-                if _peer_uid(conn) != os.getuid() or request is None:
-                    _reply(conn, ok=False, error="bad request")
-                    rc = 1
-                    return rc
-                if request["identity"] != mine:
-                    _reply(conn, ok=False, error="stale spare (qproxy changed since it started)")
-                    return 0
-                fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                os.dup2(fd, 1)
-                os.dup2(fd, 2)
-                os.close(fd)
-                (d / f"{spare_id}.log").unlink(missing_ok=True)
-                _reply(conn, ok=True, pid=os.getpid(), id=spare_id)
-            return main(request["argv"], after_start=lambda: _successor(conf))
+            fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+            (d / f"{spare_id}.log").unlink(missing_ok=True)
+            _reply(conn, ok=True, pid=os.getpid(), id=spare_id)
+        return main(request["argv"], after_start=lambda: _successor(conf))
     except OSError as exc:
         print(f"qproxy serve: spare: {exc}", file=sys.stderr)
         rc = 1

@@ -62,9 +62,8 @@ def finish(config: Config, job_id: str, reason: str) -> dict[str, Any]:
     result: dict[str, Any] = {"job_id": job_id, "reason": reason, "resource": resource,
                               "lanes": record.get("lanes"), "user": record.get("user"),
                               "time": time.time()}
-    pid = record.get("pid")
-    spare = record.get("spare") if isinstance(record.get("spare"), str) else None
-    stopped = proxyproc.stop(pid, job_id, spare=spare) if isinstance(pid, int) else "absent"
+    proxy = proxyproc.recorded(record)
+    stopped = proxyproc.stop(proxy[0], job_id, spare=proxy[1]) if proxy else "absent"
     result["proxy"] = stopped
     summary = _read_json(job.summary) if stopped != "killed" else None
     if summary is None and resource:

@@ -126,9 +126,9 @@ def keep_spares(config: Config) -> None:
 def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
     job = JobState.of(config, job_id)
     old = job.read_record()
-    if old and isinstance(old.get("pid"), int):  # requeued job: stop the previous proxy
-        old_spare = old.get("spare") if isinstance(old.get("spare"), str) else None
-        proxyproc.stop(old["pid"], job_id, grace=5, spare=old_spare)
+    previous = proxyproc.recorded(old) if old else None
+    if previous:  # requeued job: stop the previous proxy
+        proxyproc.stop(previous[0], job_id, grace=5, spare=previous[1])
     job.remove()
     job.create()
     user = _user_name(uid)

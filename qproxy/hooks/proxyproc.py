@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # task-env (once per task) never starts a process
     import subprocess
@@ -43,6 +43,14 @@ def serve_options(pid: int) -> set[tuple[str, str]]:
     if "serve" not in words:
         return set()
     return set(zip(words, words[1:], strict=False))
+
+
+def recorded(record: dict[str, Any]) -> tuple[int, str | None] | None:
+    """(pid, spare id) of the proxy a job's connection record names, or None."""
+    pid, spare = record.get("pid"), record.get("spare")
+    if not isinstance(pid, int):
+        return None
+    return pid, spare if isinstance(spare, str) else None
 
 
 def is_our_proxy(pid: int, job_id: str, spare: str | None = None) -> bool:

@@ -30,10 +30,10 @@ def task_env(config: Config, job_id: str) -> dict[str, str]:
     if record is None:
         raise NoQPU(f"no QPU proxy was started for job {job_id} on this node (the job prolog "
                     "did not run or failed); ask your admin")
-    pid = record.get("pid")
-    spare = record.get("spare") if isinstance(record.get("spare"), str) else None
-    if not isinstance(pid, int) or not proxyproc.is_our_proxy(pid, job_id, spare):
+    proxy = proxyproc.recorded(record)
+    if proxy is None or not proxyproc.is_our_proxy(proxy[0], job_id, proxy[1]):
         raise NoQPU(f"the QPU proxy of job {job_id} is no longer running")
+    pid, spare = proxy
     timeout = min(config.proxy.start_timeout_seconds, MAX_WAIT_SECONDS)
     try:
         proxy_env = proxyproc.wait_ready(job.env_file, pid, job_id, timeout, spare)
