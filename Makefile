@@ -17,6 +17,10 @@ demo: install plugin
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
+# What runs anywhere, in seconds: no emulator process, no Slurm daemons.
+test-unit: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
+
 # Benchmarks: each cost as a ratio against its baseline, measured in the same run.
 bench: install
 	$(PYTHON) -m bench.run
@@ -24,7 +28,7 @@ bench: install
 lint:
 	$(PYTHON) -m pip install $(PIP_FLAGS) ruff mypy
 	$(PYTHON) -m ruff check qproxy tests bench
-	$(PYTHON) -m mypy qproxy
+	$(PYTHON) -m mypy qproxy   # strict: see [tool.mypy] in pyproject.toml
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.common import alternate, median
 from qproxy.emulator.reader import EmulatorReader
-from tests.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
+from tests.support.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qproxy.emulator.reader import EmulatorReader
-from tests.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
+from tests.support.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
 
 BACKEND, UPSTREAM = "ibm_torino", "fake_torino"
 PY = sys.executable
@@ -56,7 +56,7 @@ if mode == "gres":
     qc = generate_preset_pass_manager(optimization_level=1, backend=backend).run(qc)
     sampler = SamplerV2(mode=backend)
 else:
-    from qproxy.slurm_primitives import SlurmSampler
+    from qproxy.client.slurm_mode import SlurmSampler
     sampler = SlurmSampler(os.environ["BENCH_BACKEND"], lanes_via="license")
 calls = []
 for i in range(iters):

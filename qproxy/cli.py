@@ -13,10 +13,10 @@ import sys
 # subcommand -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "emulator": ("qproxy.emulator.cli", "run the local Qiskit-Runtime-compatible QPU emulator"),
-    "serve": ("qproxy.serve", "run one Slurm job's authenticating proxy"),
-    "audit": ("qproxy.audit_cli", "inspect and verify per-job audit logs"),
-    "secrets": ("qproxy.secrets_cli", "manage the admin's vendor secrets (encrypted at rest)"),
-    "hook": ("qproxy.hooks.cli", "Slurm hook entry points (prolog, task-env, epilog, reap)"),
+    "serve": ("qproxy.proxy.main", "run one Slurm job's authenticating proxy"),
+    "audit": ("qproxy.admin.audit", "inspect and verify per-job audit logs"),
+    "secrets": ("qproxy.admin.secrets", "manage the admin's vendor secrets (encrypted at rest)"),
+    "hook": ("qproxy.slurm.hookcli", "Slurm hook entry points (prolog, task-env, epilog, reap)"),
 }
 
 

@@ -12,9 +12,7 @@ Why each variable (checked against qiskit-ibm-runtime 0.51's source, see DESIGN.
 
 from __future__ import annotations
 
-RUNTIME_PREFIX = "/api/v1"
-CLIENT_RUNTIME_PREFIX = "/experimental/api/v1"
-IAM_TOKEN_PATH = "/identity/token"
+from qproxy.runtime_api import CLIENT_RUNTIME_PREFIX
 
 # Names the Slurm task-init hook overrides in every task (whatever the user set).
 CLIENT_ENV_NAMES = (

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qproxy.config import Config
+from qproxy.files import atomic_write
 
 if TYPE_CHECKING:  # imported lazily: only encrypted secrets need cryptography (~30 ms)
     from cryptography.fernet import Fernet
@@ -87,16 +88,9 @@ def _toml_str(value: str) -> str:
 
 def write_table(path: Path, table: dict[str, str]) -> None:
     """Atomic rewrite with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     lines = ["# Managed by `qproxy secrets`. Mode 0600.", "[secrets]"]
     lines += [f"{_toml_str(k)} = {_toml_str(v)}" for k, v in sorted(table.items())]
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def init_key(path: Path) -> None:

@@ -1,10 +1,10 @@
 """Classical side of the primitive example: write two qrun payloads (a Bell-state sample
-and a <ZZ> estimate) with qproxy.payload.write_payload."""
+and a <ZZ> estimate) with qproxy.client.payload.write_payload."""
 
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
 
-from qproxy.payload import write_payload
+from qproxy.client.payload import write_payload
 
 bell = QuantumCircuit(2)
 bell.h(0)

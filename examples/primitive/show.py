@@ -2,7 +2,7 @@
 
 import sys
 
-from qproxy.payload import read_result
+from qproxy.client.payload import read_result
 
 sample = read_result(sys.argv[1])
 counts = sample[0].data.meas.get_counts()

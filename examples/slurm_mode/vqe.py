@@ -34,7 +34,7 @@ ansatz.ry(theta[3], 1)
 hamiltonian = SparsePauliOp.from_list([("ZZ", 1.0), ("XI", 0.5), ("IX", 0.5)])
 
 if QPU_MODE == "slurm":
-    from qproxy.slurm_primitives import SlurmEstimator
+    from qproxy.client.slurm_mode import SlurmEstimator
 
     # qrun transpiles on the QPU side, so abstract circuits are fine here
     estimator = SlurmEstimator(BACKEND, default_precision=0.02)

@@ -4,7 +4,7 @@ import sys
 
 from qiskit import QuantumCircuit
 
-from qproxy.payload import write_payload
+from qproxy.client.payload import write_payload
 
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 qc = QuantumCircuit(n)

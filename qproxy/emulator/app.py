@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..clientenv import CLIENT_RUNTIME_PREFIX, IAM_TOKEN_PATH, RUNTIME_PREFIX
+from ..runtime_api import API_PREFIXES, IAM_TOKEN_PATH
 from .auth import Authenticator, auth_middleware
 from .backends import Device
 from .errors import ApiError, error_response
@@ -21,9 +21,7 @@ from .jobs import Scheduler
 from .routes import INSTANCE, ROUTES, SCHEDULER
 
 log = logging.getLogger("qproxy.emulator")
-API_PREFIXES = (RUNTIME_PREFIX, CLIENT_RUNTIME_PREFIX)
 DEFAULT_INSTANCE = "crn:v1:bluemix:public:quantum-computing:us-east:a/emulator:emulator::"
-API_VERSION_HEADER = "IBM-API-Version"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -7,10 +7,11 @@ through, so a traceback or aiohttp's HTML error page must never reach the wire.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from aiohttp import web
+
+from .. import runtime_api
 
 MORE_INFO = "https://quantum.cloud.ibm.com/docs/errors"
 
@@ -27,17 +28,7 @@ class ApiError(Exception):
 
 def error_body(status: int, message: str, code: int | str | None = None) -> dict[str, Any]:
     """The JSON body IBM's Runtime API uses for errors."""
-    return {
-        "errors": [
-            {
-                "code": code if code is not None else status,
-                "message": message,
-                "more_info": MORE_INFO,
-            }
-        ],
-        "trace": uuid.uuid4().hex,
-        "status_code": status,
-    }
+    return runtime_api.error_body(status, message, code, more_info=MORE_INFO)
 
 
 def error_response(status: int, message: str, code: int | str | None = None) -> web.Response:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..runtime_api import ACTIVE_STATES, CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING
 from . import worker
 from .backends import Device
 from .errors import ApiError
@@ -45,15 +46,8 @@ from .simulate import JobFailure
 
 log = logging.getLogger("qproxy.emulator")
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = (
-    "Queued",
-    "Running",
-    "Completed",
-    "Failed",
-    "Cancelled",
-)
-FINAL_STATES = frozenset({COMPLETED, FAILED, CANCELLED})
-PENDING_STATES = frozenset({QUEUED, RUNNING})
+FINAL_STATES = frozenset({COMPLETED, FAILED, CANCELLED})  # the emulator never times out a job
+PENDING_STATES = ACTIVE_STATES
 # Real jobs never finish instantly and the client polls; keep every job running this long.
 MIN_RUN_SECONDS = 0.3
 

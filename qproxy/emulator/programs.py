@@ -47,6 +47,8 @@ def _decode(params: Any) -> dict[str, Any]:
         decoded = json.loads(json.dumps(params), cls=RuntimeDecoder)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's bad input
         raise ApiError(400, f"Could not decode 'params': {exc}", 1400) from None
+    if not isinstance(decoded, dict):
+        raise ApiError(400, "'params' must be an object.", 1400)
     return decoded
 
 
@@ -274,7 +276,7 @@ def prepare_executor(device: Device, params: Any) -> Prepared:
             passthrough_data=passthrough_data_to_2_0(program.passthrough_data),
             semantic_role=program._semantic_role,
         )
-        return model.model_dump_json()
+        return str(model.model_dump_json())
 
     return Prepared(run=run, shots=shots * max(1, len(program.items)), circuits=len(program.items))
 

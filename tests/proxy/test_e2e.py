@@ -374,7 +374,7 @@ def test_serve_never_imports_qiskit(emulator: Any, tmp_path: Path) -> None:
     code = (
         "import sys, threading, os, signal;"
         "threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start();"
-        "from qproxy.serve import main;"
+        "from qproxy.proxy.serve import main;"
         f"rc = main(['--config', {str(conf)!r}, '--job-id', '9', '--user', 'u', "
         f"'--backend', 'ibm_fez', '--lanes', '1', '--end-time', '9999999999', "
         f"'--env-file', {str(tmp_path / 'env')!r}]);"
@@ -411,7 +411,7 @@ def test_executor_generation(proxy_factory: Any, client_env: Any) -> None:
 def test_cleanup_after_proxy_crash(proxy_factory: Any, emulator: Any) -> None:
     """The epilog path: the proxy died (SIGKILL); the ledger alone lets us cancel leftovers."""
     from qproxy import config as cfg
-    from qproxy.cleanup import cleanup_job
+    from qproxy.proxy.cleanup import cleanup_job
 
     p = proxy_factory("5101", lanes=3)
     h = p.bearer()

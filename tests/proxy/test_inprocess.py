@@ -15,9 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from qproxy import config as cfg
-from qproxy.app import create_app
-from qproxy.front.context import JobContext
-from qproxy.serve import build_context
+from qproxy.proxy.app import create_app
+from qproxy.proxy.context import JobContext
+from qproxy.proxy.serve import build_context
 
 CRN = "crn:v1:test::"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from qproxy.payload import read_result, write_payload
+from qproxy.client.payload import read_result, write_payload
 
 from .conftest import Proxy, read_env_file
 
@@ -25,7 +25,7 @@ def qrun(p: Proxy, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "QPU_BACKEND": "ibm_fez",
     }
     return subprocess.run(
-        [sys.executable, "-m", "qproxy.qrun", *args],
+        [sys.executable, "-m", "qproxy.client.qrun", *args],
         env=env,
         capture_output=True,
         text=True,

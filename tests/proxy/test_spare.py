@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from qproxy import spare
-from qproxy.hooks import proxyproc
+from qproxy.slurm import proxyproc
+from qproxy.slurm import spares as spare
 
 from .conftest import read_env_file, write_config
 

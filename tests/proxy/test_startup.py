@@ -17,8 +17,8 @@ from typing import Any
 import jwt
 import requests
 
-from qproxy.audit import verify
-from qproxy.front.auth import JobAuth
+from qproxy.proxy.audit import verify
+from qproxy.proxy.auth import JobAuth
 
 from .conftest import read_env_file, write_config
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from qproxy.clientenv import CLIENT_ENV_NAMES
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
 
-TOOL = Path(__file__).with_name("jobtool.py")
+TOOL = Path(__file__).parents[1] / "support" / "jobtool.py"
 
 
 def test_task_env_injected_and_overrides_user(cluster: Cluster) -> None:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.cluster import FINAL, Cluster
+from tests.support.cluster import FINAL, Cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

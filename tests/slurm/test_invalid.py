@@ -3,7 +3,7 @@ output; the node stays idle (a failing prolog would drain it)."""
 
 from __future__ import annotations
 
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
 
 
 def _fails_clearly(cluster: Cluster, message: str, *args: str) -> None:

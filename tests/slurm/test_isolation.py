@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
 
-TOOL = Path(__file__).with_name("jobtool.py")
+TOOL = Path(__file__).parents[1] / "support" / "jobtool.py"
 
 
 def test_token_of_job_a_refused_by_job_b(cluster: Cluster) -> None:

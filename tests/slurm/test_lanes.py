@@ -3,7 +3,7 @@ node's lease refuses a device's lanes twice even where the GRES count would allo
 
 from __future__ import annotations
 
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
 
 
 def test_licence_lanes_make_jobs_wait(cluster: Cluster) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import sys
 import time
 
 from qproxy.config import load
-from qproxy.hooks import lease
-from qproxy.hooks.proxyproc import alive
-from tests.cluster import Cluster
+from qproxy.slurm import lease
+from qproxy.slurm.proxyproc import alive
+from tests.support.cluster import Cluster
 
 
 def test_reaper_cleans_dead_job(cluster: Cluster) -> None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import time
 
-from qproxy import spare
-from qproxy.hooks.proxyproc import alive, is_our_proxy
-from tests.cluster import Cluster
+from qproxy.proxy.process import alive
+from qproxy.slurm import spares as spare
+from qproxy.slurm.proxyproc import is_our_proxy
+from tests.support.cluster import Cluster
 
 
 def _ready_spares(cluster: Cluster) -> list[tuple[int, str]]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from qproxy.emulator.reader import EmulatorReader
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -97,7 +97,7 @@ def test_agrees_with_gres_like_path(qpu_cluster: Cluster, cluster_upstream: Emul
     wd = qpu_cluster.workdir()
     # (b) slurm mode from the login node: two primitive calls in flight at once
     slurm = _run(qpu_cluster, wd, """
-        from qproxy.slurm_primitives import SlurmEstimator, SlurmSampler, SlurmJobStatus
+        from qproxy.client.slurm_mode import SlurmEstimator, SlurmSampler, SlurmJobStatus
         sj = SlurmSampler("ibm_fez").run([bell_m], shots=4000)
         ej = SlurmEstimator("ibm_fez").run([(bell, OBS)], precision=0.02)
         first = [sj.status().value, ej.status().value]
@@ -150,7 +150,7 @@ def test_cancel_mid_run(qpu_cluster: Cluster, cluster_upstream: EmulatorReader) 
     wd = qpu_cluster.workdir()
     script = _script(wd, """
         import os
-        from qproxy.slurm_primitives import SlurmSampler, SlurmJobCancelled
+        from qproxy.client.slurm_mode import SlurmSampler, SlurmJobCancelled
         n = 10
         qc = QuantumCircuit(n)
         qc.h(0)
@@ -203,7 +203,7 @@ def test_failure_carries_job_output(qpu_cluster: Cluster, cluster_upstream: Emul
     t0 = time.time()
     wd = qpu_cluster.workdir()
     res = _run(qpu_cluster, wd, """
-        from qproxy.slurm_primitives import SlurmSampler, SlurmJobFailed, SlurmSubmitError
+        from qproxy.client.slurm_mode import SlurmSampler, SlurmJobFailed, SlurmSubmitError
         big = QuantumCircuit(200)
         big.h(0)
         big.measure_all()
@@ -232,8 +232,8 @@ def test_time_limit(qpu_cluster: Cluster, cluster_upstream: EmulatorReader) -> N
     t0 = time.time()
     wd = qpu_cluster.workdir()
     res = _run(qpu_cluster, wd, f"""
-        from qproxy.slurm_primitives import SlurmSampler, SlurmJobTimeout
-        slow = ["bash", "-c", 'sleep 600; exec "$@"', "_", {PY!r}, "-m", "qproxy.qrun"]
+        from qproxy.client.slurm_mode import SlurmSampler, SlurmJobTimeout
+        slow = ["bash", "-c", 'sleep 600; exec "$@"', "_", {PY!r}, "-m", "qproxy.client.qrun"]
         job = SlurmSampler("ibm_fez", time_limit="1", qrun=slow).run([bell_m])
         try:
             job.result()
@@ -250,7 +250,7 @@ def test_deadlock_guard(qpu_cluster: Cluster) -> None:
     wd = qpu_cluster.workdir()
     script = _script(wd, """
         import sys
-        from qproxy.slurm_primitives import DeadlockError, SlurmSampler
+        from qproxy.client.slurm_mode import DeadlockError, SlurmSampler
         backend, via = sys.argv[1], sys.argv[2]
         try:
             job = SlurmSampler(backend, lanes_via=via, submit_timeout=5).run([bell_m])

@@ -1,0 +1,1 @@
+"""Commands for the admins who run qproxy: ``qproxy audit``, ``qproxy secrets``."""

@@ -1,0 +1,41 @@
+"""The one atomic file writer: records, env files, summaries, leases, secrets, payloads and
+results are all written through it, so a reader (another hook, the job, the epilog) sees
+either the old file or the whole new one, never half of it.
+
+Standard library only (the hooks import it on every job start). The job-side fast path
+(``qproxy/client/slurm_mode/fastrun.py``) keeps its own three lines on purpose: it runs as a
+bare script and must not import this package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PRIVATE = 0o600
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE, *,
+                 fsync: bool = True) -> None:
+    """Write ``data`` to a temp file beside ``path`` (created with ``mode``, before any byte is
+    in it, so a private file is never briefly readable), then rename it over ``path``.
+
+    ``fsync=False`` where durability buys nothing: files under ``state_dir`` live on a tmpfs
+    (``/run``) and are on every job's start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        try:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,144 @@
+"""aiohttp app factory: the route table and the cross-cutting middlewares.
+
+Middlewares, outermost first: audit (one hash-chained record per request, whatever happens),
+errors (policy refusals and any failure become the Runtime API error shape — never a
+traceback), auth (everything but the IAM exchange needs this job's token or JWT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from qproxy.proxy.context import CTX, JobContext
+from qproxy.proxy.policy.errors import PolicyError
+from qproxy.proxy.routes import iam
+from qproxy.proxy.routes import runtime as rt
+from qproxy.proxy.routes.errors import TRACE, error_response
+from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+from qproxy.runtime_api import API_PREFIXES, IAM_TOKEN_PATH
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("qproxy.proxy.serve")
+
+JOB_SUB = "{what:results|logs|metrics|transpiled_circuits|interim_results}"
+
+# (method, path relative to the API prefix, handler)
+RUNTIME_ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/backends", rt.list_backends),
+    ("GET", "/backends/{name}/{what:configuration|properties|status|defaults}", rt.backend_doc),
+    ("GET", "/jobs", rt.list_jobs),
+    ("POST", "/jobs", rt.create_job),
+    ("GET", "/jobs/{id}", rt.get_job),
+    ("DELETE", "/jobs/{id}", rt.job_passthrough),
+    ("GET", "/jobs/{id}/" + JOB_SUB, rt.job_passthrough),
+    ("POST", "/jobs/{id}/cancel", rt.cancel_job),
+    ("PUT", "/jobs/{id}/tags", rt.job_tags),
+    ("POST", "/sessions", rt.create_session),
+    ("GET", "/sessions/{id}", rt.get_session),
+    ("PATCH", "/sessions/{id}", rt.session_passthrough),
+    ("DELETE", "/sessions/{id}/{what:close}", rt.session_passthrough),
+    ("GET", "/instances/usage", rt.usage),
+    ("GET", "/workloads", rt.workloads),
+]
+
+
+@web.middleware
+async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx: JobContext = request.app[CTX]
+    start = time.monotonic()
+    status = 500
+    resp: web.StreamResponse | None = None
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except asyncio.CancelledError:
+        status = 499  # the job hung up
+        raise
+    except ConnectionResetError:
+        status = 499
+        raise
+    finally:
+        bytes_in = int(request.get("bytes_in", request.content_length or 0))
+        if "bytes_out" in request:
+            bytes_out = int(request["bytes_out"])
+        elif isinstance(resp, web.Response) and isinstance(resp.body, bytes):
+            bytes_out = len(resp.body)
+        else:
+            bytes_out = 0
+        ctx.stats["requests"] += 1
+        ctx.stats["bytes_in"] += bytes_in
+        ctx.stats["bytes_out"] += bytes_out
+        extra: dict[str, Any] = request.get("audit", {})
+        trace = resp.get(TRACE) if resp is not None else None
+        if trace is not None:
+            extra = {**extra, "trace": trace}
+            log.info("job %s: %s %s -> %d (trace %s)", ctx.job_id, request.method,
+                     request.path[:200], status, trace)
+        ctx.audit.record(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            latency_ms=round((time.monotonic() - start) * 1000, 1),
+            **extra,
+        )
+
+
+@web.middleware
+async def error_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except PolicyError as exc:
+        request.setdefault("audit", {})["refused"] = exc.message
+        return error_response(exc.status, exc.message, exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = "unknown route" if exc.status == 404 else exc.reason
+        return error_response(exc.status, f"{reason}: {request.method} {request.path}")
+    except UpstreamError as exc:
+        return error_response(502, str(exc))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:  # noqa: BLE001 - never a traceback to the job
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal proxy error")
+
+
+@web.middleware
+async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == IAM_TOKEN_PATH:
+        return await handler(request)
+    reason = request.app[CTX].auth.check_header(request.headers.get("Authorization"))
+    if reason is not None:
+        raise PolicyError(401, reason)
+    return await handler(request)
+
+
+def create_app(ctx: JobContext) -> web.Application:
+    app = web.Application(
+        middlewares=[audit_mw, error_mw, auth_mw],
+        client_max_size=ctx.config.proxy.max_request_bytes,
+    )
+    app[CTX] = ctx
+    app.router.add_route("POST", IAM_TOKEN_PATH, iam.token)
+    for prefix in API_PREFIXES:
+        for method, path, handler in RUNTIME_ROUTES:
+            app.router.add_route(method, prefix + path, handler)
+    return app
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s qproxy %(levelname)s %(message)s"
+    )

@@ -1,0 +1,43 @@
+"""Everything one Slurm job's proxy knows, shared by the routes and middlewares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from qproxy.config import Config, Resource, Upstream
+from qproxy.proxy.audit import AuditLog
+from qproxy.proxy.auth import JobAuth
+from qproxy.proxy.cleanup import Ledger
+from qproxy.proxy.policy.backend import BackendPolicy
+from qproxy.proxy.policy.isolation import Ownership
+from qproxy.proxy.policy.lanes import LaneGate
+from qproxy.proxy.policy.timelimit import TimeLimit
+from qproxy.proxy.upstream.ibm_runtime import IBMRuntimeUpstream
+
+
+@dataclass
+class JobContext:
+    config: Config
+    job_id: str
+    user: str
+    account: str | None
+    resource: Resource
+    upstream: Upstream
+    auth: JobAuth
+    client: IBMRuntimeUpstream
+    backend: BackendPolicy
+    lanes: LaneGate
+    timelimit: TimeLimit
+    owned: Ownership
+    ledger: Ledger
+    audit: AuditLog
+    tags: list[str]
+    stats: dict[str, Any] = field(
+        default_factory=lambda: {"requests": 0, "bytes_in": 0, "bytes_out": 0}
+    )
+
+
+CTX: web.AppKey[JobContext] = web.AppKey("qproxy_ctx", JobContext)

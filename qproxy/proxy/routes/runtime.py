@@ -1,0 +1,374 @@
+"""Runtime API routes the client uses, each applying the job's policies.
+
+Bodies a policy must read or rewrite (job/session creation, tags, backend documents, job
+documents) are read whole, within ``max_request_bytes``; everything else (results, logs,
+metrics) is streamed chunk by chunk in both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from qproxy.proxy.context import CTX, JobContext
+from qproxy.proxy.policy.errors import PolicyError
+from qproxy.proxy.policy.tags import merge_tags
+from qproxy.proxy.upstream import jsonx
+from qproxy.runtime_api import is_final, job_status
+
+CHUNK = 64 * 1024
+# Request headers from the job worth passing upstream (never Authorization / Service-CRN).
+FORWARD_HEADERS = ("IBM-API-Version", "Content-Type", "Accept")
+RESPONSE_HEADERS = ("Content-Type", "Content-Disposition")
+
+
+def ctx_of(request: web.Request) -> JobContext:
+    return request.app[CTX]
+
+
+def note(request: web.Request, **fields: Any) -> None:
+    """Add fields (policy decisions, upstream ids) to this request's audit record."""
+    request.setdefault("audit", {}).update(fields)
+
+
+def fwd_headers(request: web.Request) -> dict[str, str]:
+    return {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
+
+
+async def read_body(request: web.Request) -> bytearray:
+    """The whole body (a bytearray: both JSON parsers take it, no final 20 MB copy)."""
+    limit = ctx_of(request).config.proxy.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
+    buf = bytearray()
+    async for chunk in request.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
+    request["bytes_in"] = len(buf)
+    return buf
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """A JSON object body; remembers (in the request) whether only the stdlib could parse it."""
+    raw = await read_body(request)
+    try:
+        parsed = jsonx.loads(raw) if raw and not raw.isspace() else jsonx.Doc({})
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PolicyError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed.value, dict):
+        raise PolicyError(400, "request body must be a JSON object")
+    request["stdlib_json"] = parsed.stdlib
+    return parsed.value
+
+
+def json_response(status: int, doc: Any) -> web.Response:
+    return web.Response(status=status, body=jsonx.dumps(doc), content_type="application/json")
+
+
+def relay_small(status: int, raw: bytes) -> web.Response:
+    """Pass an upstream answer (typically an error) through unchanged."""
+    return web.Response(status=status, body=raw, content_type="application/json")
+
+
+async def relay_stream(request: web.Request, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+    """Stream an upstream response to the job without buffering it."""
+    limit = ctx_of(request).config.proxy.max_response_bytes
+    if limit and resp.content_length is not None and resp.content_length > limit:
+        raise PolicyError(502, f"upstream response larger than the limit of {limit} bytes")
+    out = web.StreamResponse(status=resp.status)
+    for h in RESPONSE_HEADERS:
+        if h in resp.headers:
+            out.headers[h] = resp.headers[h]
+    if resp.content_length is not None and "Content-Encoding" not in resp.headers:
+        out.content_length = resp.content_length  # (a compressed length would be wrong)
+    await out.prepare(request)
+    sent = 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        sent += len(chunk)
+        if limit and sent > limit:
+            request["bytes_out"] = sent
+            raise ConnectionResetError("response size limit exceeded")
+        await out.write(chunk)
+    await out.write_eof()
+    request["bytes_out"] = sent
+    return out
+
+
+async def stream_request_body(request: web.Request) -> AsyncIterator[bytes]:
+    """Pass a request body upstream chunk by chunk, enforcing the size limit."""
+    limit = ctx_of(request).config.proxy.max_request_bytes
+    seen = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        seen += len(chunk)
+        request["bytes_in"] = seen
+        if seen > limit:
+            raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
+        yield chunk
+
+
+async def passthrough(request: web.Request, path: str) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    limit = ctx.config.proxy.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
+    data = stream_request_body(request) if request.body_exists else None
+    async with ctx.client.stream(
+        request.method, path, params=request.query, data=data, headers=fwd_headers(request)
+    ) as resp:
+        return await relay_stream(request, resp)
+
+
+async def update_status(ctx: JobContext, job_id: str, doc: Any) -> None:
+    status = job_status(doc)
+    if status is None or job_id not in ctx.owned.jobs:
+        return
+    ctx.owned.jobs[job_id] = status
+    if is_final(status):
+        await ctx.lanes.finished(job_id)
+
+
+# --- backends ---------------------------------------------------------------------------
+
+
+async def list_backends(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    status, doc, raw = await ctx.client.call(
+        "GET", "/backends", params=request.query, headers=fwd_headers(request)
+    )
+    if status != 200:
+        return relay_small(status, raw)
+    note(request, backends_visible=[ctx.backend.local])
+    return json_response(200, ctx.backend.filter_devices(doc))
+
+
+async def backend_doc(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    name = ctx.backend.to_upstream(request.match_info["name"])
+    what = request.match_info["what"]
+    status, doc, raw = await ctx.client.call(
+        "GET", f"/backends/{name}/{what}", params=request.query, headers=fwd_headers(request)
+    )
+    if status != 200 or doc is None:
+        return relay_small(status, raw)
+    return json_response(200, ctx.backend.rewrite_doc(doc))
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+async def create_job(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    body = await read_json(request)
+    body["backend"] = ctx.backend.to_upstream(body.get("backend", ctx.backend.local))
+    sid = body.get("session_id")
+    if sid is not None and sid not in ctx.owned.sessions and sid not in ctx.owned.jobs:
+        raise PolicyError(404, f"session {sid} not found", code=1297)
+    body["tags"] = merge_tags(body.get("tags"), ctx.tags)
+    ctx.timelimit.check_new_work("job")
+    waited = await ctx.lanes.reserve()
+    try:
+        # Clamp after the lane wait: the time left is what counts at submission.
+        decisions: dict[str, Any] = ctx.timelimit.rewrite_job(body)
+    except BaseException:
+        await ctx.lanes.cancel_reservation()
+        raise
+    decisions["lane_wait_seconds"] = round(waited, 3)
+    api_version = request.headers.get("IBM-API-Version", ctx.upstream.api_version)
+    # Shielded: once the POST is on its way, the job id must reach the ledger even if the
+    # job's connection goes away meanwhile.
+    task = asyncio.ensure_future(
+        _submit(ctx, body, request.get("stdlib_json", False), api_version)
+    )
+    status, doc, raw = await asyncio.shield(task)
+    job_id = doc.get("id") if isinstance(doc, dict) else None
+    if not isinstance(job_id, str) or status not in (200, 201):
+        note(request, decisions=decisions)
+        return relay_small(status, raw)
+    note(request, upstream_job=job_id, upstream_session=sid, decisions=decisions)
+    return json_response(status, ctx.backend.rewrite_job(doc))
+
+
+async def _submit(
+    ctx: JobContext, body: dict[str, Any], stdlib_json: bool, api_version: str
+) -> tuple[int, Any, bytes]:
+    """POST the job upstream and account for it (ledger, ownership, lane) — or free the lane."""
+    try:
+        status, doc, raw = await ctx.client.call(
+            "POST", "/jobs", body=body, stdlib_json=stdlib_json,
+            headers={"IBM-API-Version": api_version},
+        )
+    except BaseException:
+        await ctx.lanes.cancel_reservation()
+        raise
+    job_id = doc.get("id") if isinstance(doc, dict) else None
+    if status not in (200, 201) or not isinstance(job_id, str):
+        await ctx.lanes.cancel_reservation()
+        return status, doc, raw
+    ctx.ledger.append("job", job_id)
+    ctx.owned.add_job(job_id)
+    await ctx.lanes.commit(job_id)
+    if body.get("start_session"):
+        ctx.ledger.append("session", job_id)
+        ctx.owned.add_session(job_id)
+    return status, doc, raw
+
+
+async def _fetch_job(ctx: JobContext, job_id: str, sem: asyncio.Semaphore) -> Any:
+    async with sem:
+        status, doc, _ = await ctx.client.call(
+            "GET", f"/jobs/{job_id}", params={"exclude_params": "true"}
+        )
+    if status != 200 or not isinstance(doc, dict):
+        return None
+    await update_status(ctx, job_id, doc)
+    return ctx.backend.rewrite_job(doc)
+
+
+def _matches(job: dict[str, Any], q: Any) -> bool:
+    status = (job_status(job) or "").lower()
+    pending = q.get("pending")
+    if pending == "true" and status not in ("queued", "running"):
+        return False
+    if pending == "false" and status in ("queued", "running"):
+        return False
+    if "backend" in q and job.get("backend") != q["backend"]:
+        return False
+    if "program" in q and job.get("program", {}).get("id", job.get("program_id")) != q["program"]:
+        return False
+    if "session_id" in q and job.get("session_id") != q["session_id"]:
+        return False
+    tags = q.getall("tags", [])
+    if tags and not set(tags) <= set(job.get("tags") or []):
+        return False
+    return True
+
+
+async def list_jobs(request: web.Request) -> web.StreamResponse:
+    """Built from this job's own ids (never upstream's instance-wide list)."""
+    ctx = ctx_of(request)
+    sem = asyncio.Semaphore(8)
+    docs = await asyncio.gather(*(_fetch_job(ctx, j, sem) for j in list(ctx.owned.jobs)))
+    q = request.query
+    jobs = [d for d in docs if d is not None and _matches(d, q)]
+    jobs.sort(key=lambda d: str(d.get("created", "")), reverse=q.get("sort") != "ASC")
+    try:
+        offset = max(0, int(q.get("offset", 0)))
+        limit = max(1, int(q.get("limit", 200)))
+    except ValueError:
+        raise PolicyError(400, "limit and offset must be integers") from None
+    page = jobs[offset : offset + limit]
+    note(request, listed=len(page))
+    return json_response(200, {"jobs": page, "count": len(jobs), "limit": limit,
+                               "offset": offset})
+
+
+def _own_job(request: web.Request) -> str:
+    job_id = request.match_info["id"]
+    ctx_of(request).owned.check_job(job_id)
+    note(request, upstream_job=job_id)
+    return job_id
+
+
+async def get_job(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    job_id = _own_job(request)
+    status, doc, raw = await ctx.client.call(
+        "GET", f"/jobs/{job_id}", params=request.query, headers=fwd_headers(request)
+    )
+    if status != 200 or not isinstance(doc, dict):
+        return relay_small(status, raw)
+    await update_status(ctx, job_id, doc)
+    return json_response(200, ctx.backend.rewrite_job(doc))
+
+
+async def job_passthrough(request: web.Request) -> web.StreamResponse:
+    job_id = _own_job(request)
+    suffix = request.match_info.get("what")
+    path = f"/jobs/{job_id}" + (f"/{suffix}" if suffix else "")
+    resp = await passthrough(request, path)
+    if request.method == "DELETE" and resp.status < 300:
+        await ctx_of(request).lanes.finished(job_id)
+    return resp
+
+
+async def cancel_job(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    job_id = _own_job(request)
+    status, _, raw = await ctx.client.call("POST", f"/jobs/{job_id}/cancel")
+    if status < 300:
+        ctx.owned.jobs[job_id] = "Cancelled"
+        await ctx.lanes.finished(job_id)
+    return web.Response(status=status, body=raw or None,
+                        content_type="application/json" if raw else None)
+
+
+async def job_tags(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    job_id = _own_job(request)
+    body = await read_json(request)
+    body["tags"] = merge_tags(body.get("tags"), ctx.tags)
+    status, _, raw = await ctx.client.call("PUT", f"/jobs/{job_id}/tags", body=body)
+    return web.Response(status=status, body=raw or None,
+                        content_type="application/json" if raw else None)
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+async def create_session(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    body = await read_json(request)
+    body["backend"] = ctx.backend.to_upstream(body.get("backend", ctx.backend.local))
+    body["instance"] = ctx.upstream.instance
+    decisions = ctx.timelimit.rewrite_session(body)
+    status, doc, raw = await ctx.client.call("POST", "/sessions", body=body)
+    sid = doc.get("id") if isinstance(doc, dict) else None
+    if status not in (200, 201) or not isinstance(sid, str):
+        note(request, decisions=decisions)
+        return relay_small(status, raw)
+    ctx.ledger.append("session", sid)
+    ctx.owned.add_session(sid)
+    note(request, upstream_session=sid, decisions=decisions)
+    return json_response(status, ctx.backend.rewrite_job(doc))
+
+
+def _own_session(request: web.Request) -> str:
+    sid = request.match_info["id"]
+    ctx_of(request).owned.check_session(sid)
+    note(request, upstream_session=sid)
+    return sid
+
+
+async def get_session(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    sid = _own_session(request)
+    status, doc, raw = await ctx.client.call("GET", f"/sessions/{sid}", params=request.query)
+    if status != 200 or not isinstance(doc, dict):
+        return relay_small(status, raw)
+    return json_response(200, ctx.backend.rewrite_job(doc))
+
+
+async def session_passthrough(request: web.Request) -> web.StreamResponse:
+    sid = _own_session(request)
+    suffix = request.match_info.get("what")
+    return await passthrough(request, f"/sessions/{sid}" + (f"/{suffix}" if suffix else ""))
+
+
+# --- instance-level ---------------------------------------------------------------------
+
+
+async def usage(request: web.Request) -> web.StreamResponse:
+    return await passthrough(request, "/instances/usage")
+
+
+async def workloads(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    status, doc, raw = await ctx.client.call("GET", "/workloads", params=request.query)
+    if status != 200:
+        return relay_small(status, raw)
+    return json_response(200, ctx.owned.filter_workloads(doc))

@@ -1,0 +1,360 @@
+"""`qproxy serve`: run one Slurm job's authenticating proxy (started by the prolog hook).
+
+Contract with the Slurm hooks: once listening, write the env file (0600, atomically) with
+``KEY=VALUE`` lines from ``qproxy.clientenv.client_env``; on SIGTERM cancel the job's
+still-active upstream work, write the summary, finish the audit log, remove the env file and
+exit 0 within a few seconds. Never imports qiskit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qproxy import config as cfg
+from qproxy.clientenv import client_env
+from qproxy.files import atomic_write
+from qproxy.proxy.audit import AuditLog
+from qproxy.proxy.auth import new_job_token
+from qproxy.proxy.cleanup import read_ledger
+from qproxy.records import JobSummary
+from qproxy.secrets import SecretsError, get_secret
+
+if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (see main)
+    from qproxy.proxy.context import JobContext
+
+log = logging.getLogger("qproxy.proxy.serve")
+CLEANUP_TIMEOUT = 8.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="qproxy serve", description=__doc__)
+    p.add_argument("--config", default=str(cfg.DEFAULT_CONFIG_PATH))
+    p.add_argument("--job-id", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--backend", required=True, help="resource name from the config")
+    p.add_argument("--lanes", type=int, required=True)
+    p.add_argument("--end-time", type=float, required=True, help="epoch seconds")
+    p.add_argument("--env-file", type=Path, required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--account")
+    p.add_argument("--audit-log", type=Path)
+    p.add_argument("--ledger-file", type=Path)
+    p.add_argument("--summary-file", type=Path)
+    return p.parse_args(argv)
+
+
+@dataclass
+class Prepared:
+    """Everything the proxy checks and opens before it announces itself (no aiohttp yet)."""
+
+    resource: cfg.Resource
+    upstream: cfg.Upstream
+    lanes: int
+    api_key: str
+    ledger_path: Path
+    jobs: list[str]
+    sessions: list[str]
+    audit: AuditLog
+
+
+def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
+    """Validate the request and read the secret and the ledger. Raises ConfigError or
+    SecretsError (fatal: one line on stderr, exit 1, no env file)."""
+    resource = conf.resource(args.backend)
+    upstream = conf.upstream_for(resource)
+    if args.lanes < 1:
+        raise cfg.ConfigError("--lanes must be >= 1")
+    # Defence in depth: the prolog checks this too, but the proxy is what holds the key.
+    if resource.allowed_users and args.user not in resource.allowed_users:
+        raise cfg.ConfigError(f"user {args.user!r} may not use {resource.name}")
+    if resource.allowed_accounts and args.account not in resource.allowed_accounts:
+        raise cfg.ConfigError(f"account {args.account!r} may not use {resource.name}")
+    api_key = get_secret(conf, upstream.api_key_secret)
+    ledger_path = args.ledger_file or args.env_file.parent / "ledger.jsonl"
+    jobs, sessions = read_ledger(ledger_path)  # a restarted proxy keeps its job's work
+    audit_path = args.audit_log or conf.audit_dir / f"job-{args.job_id}.jsonl"
+    audit = AuditLog(Path(audit_path), job_id=args.job_id, user=args.user)
+    return Prepared(resource, upstream, min(args.lanes, resource.lanes), api_key, ledger_path,
+                    jobs, sessions, audit)
+
+
+def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
+                  prep: Prepared | None = None) -> JobContext:
+    from qproxy.proxy.auth import JobAuth
+    from qproxy.proxy.cleanup import Ledger
+    from qproxy.proxy.context import JobContext
+    from qproxy.proxy.policy.backend import BackendPolicy
+    from qproxy.proxy.policy.isolation import Ownership
+    from qproxy.proxy.policy.lanes import LaneGate
+    from qproxy.proxy.policy.tags import enforced_tags
+    from qproxy.proxy.policy.timelimit import TimeLimit
+    from qproxy.proxy.upstream.ibm_runtime import IBMRuntimeUpstream
+
+    prep = prep or prepare(args, conf)
+    owned = Ownership()
+    for j in prep.jobs:
+        owned.add_job(j, "unknown")
+    for s in prep.sessions:
+        owned.add_session(s)
+    return JobContext(
+        config=conf,
+        job_id=args.job_id,
+        user=args.user,
+        account=args.account,
+        resource=prep.resource,
+        upstream=prep.upstream,
+        auth=JobAuth(token, args.job_id, conf.proxy.token_ttl_seconds),
+        client=IBMRuntimeUpstream(prep.upstream, prep.api_key),
+        backend=BackendPolicy(prep.resource.name, prep.resource.backend),
+        lanes=LaneGate(prep.lanes, conf.proxy.lanes_mode, conf.proxy.lanes_wait_seconds),
+        timelimit=TimeLimit(args.end_time),
+        owned=owned,
+        ledger=Ledger(prep.ledger_path),
+        audit=prep.audit,
+        tags=enforced_tags(args.job_id, args.user, args.account),
+    )
+
+
+async def poll_status(ctx: JobContext) -> None:
+    """Track completion of active upstream jobs so lanes free up."""
+    import asyncio
+
+    from qproxy.proxy.routes.runtime import update_status
+    from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+
+    while True:
+        await asyncio.sleep(ctx.config.proxy.status_poll_seconds)
+        for job_id in list(ctx.lanes.active):
+            try:
+                code, doc, _ = await ctx.client.call("GET", f"/jobs/{job_id}")
+            except UpstreamError:
+                continue
+            if code == 200:
+                await update_status(ctx, job_id, doc)
+            elif code == 404:
+                await ctx.lanes.finished(job_id)
+
+
+async def warm_up(ctx: JobContext) -> None:
+    """The upstream IAM exchange, off the readiness path (requests wait on the same lock)."""
+    from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+
+    try:
+        await ctx.client.token()
+    except UpstreamError as exc:  # not fatal: upstream may come back
+        log.warning("upstream not ready yet: %s", exc)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the job's port with the stdlib, before aiohttp is even imported: connections
+    made from then on wait in the kernel's backlog until the app serves them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=128)
+    sock.setblocking(False)
+    return sock
+
+
+@contextmanager
+def _background() -> Iterator[None]:
+    """Load the app at a lower CPU priority: it happens while Slurm launches the job's step
+    and runs task-env (both wait on a busy node; the job's first request comes much later,
+    after its own Python start), then return to normal priority (root may; otherwise the
+    proxy simply stays a little nicer)."""
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, min(before + 10, 19))
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, before)
+        except OSError:
+            pass
+
+
+class Signals:
+    """SIGTERM/SIGINT before the event loop owns them. While the heavy modules load (and
+    there is no upstream work to cancel) a signal aborts the start: see ``main``."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.interruptible = False
+
+    def handler(self, _signum: int, _frame: Any) -> None:
+        self.stop = True
+        if self.interruptible:
+            self.interruptible = False
+            raise EarlyStop
+
+
+class EarlyStop(BaseException):
+    pass
+
+
+def finish(args: argparse.Namespace, audit: AuditLog, backend: str, result: dict[str, Any],
+           stats: dict[str, Any]) -> JobSummary:
+    """The summary record (last of the audit log) and summary.json."""
+    summary_path = args.summary_file or args.env_file.parent / "summary.json"
+    counted = JobSummary.from_cleanup(
+        result, job_id=args.job_id, user=args.user, backend=backend,
+        requests=stats["requests"], bytes_in=stats["bytes_in"], bytes_out=stats["bytes_out"])
+    audit.record("summary", **{k: v for k, v in asdict(counted).items()
+                               if v is not None and not k.startswith("audit_")})
+    summary = replace(counted, audit_log=str(audit.path), audit_head=audit.head,
+                      audit_records=audit.count)
+    audit.close()
+    atomic_write(summary_path, summary.to_json())
+    log.info("job %s: done (%d upstream jobs, %.3f quantum s)", args.job_id,
+             summary.upstream_jobs, summary.quantum_seconds)
+    return summary
+
+
+def remove_env_file(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prepared,
+              sock: socket.socket, signals: Signals,
+              after_start: Callable[[], None] | None = None) -> int:
+    import asyncio
+
+    from aiohttp import web
+
+    from qproxy.proxy.app import create_app
+    from qproxy.proxy.cleanup import cleanup
+    from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+
+    ctx = build_context(args, conf, token, prep)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if signals.stop:  # arrived while we were loading
+        stop.set()
+
+    app = create_app(ctx)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    log.info("job %s: proxy for %s serving on %s:%d", args.job_id, ctx.resource.name,
+             conf.proxy.host, sock.getsockname()[1])
+    warm = asyncio.create_task(warm_up(ctx))
+    poller = asyncio.create_task(poll_status(ctx))
+    if after_start is not None:  # right away: a job may end within a fraction of a second,
+        loop.call_soon(after_start)  # and its first request comes ~0.1 s after this anyway
+
+    await stop.wait()
+    log.info("job %s: shutting down", args.job_id)
+    ctx.timelimit.end_time = min(ctx.timelimit.end_time, time.time())  # no new work
+    poller.cancel()
+    warm.cancel()
+    seen = list(ctx.owned.jobs)
+    try:
+        result: dict[str, Any] = await asyncio.wait_for(
+            cleanup(ctx.client, seen, sorted(ctx.owned.sessions)),
+            CLEANUP_TIMEOUT,
+        )
+    except (TimeoutError, UpstreamError) as exc:
+        log.warning("cleanup incomplete: %s", type(exc).__name__)
+        result = {"upstream_jobs": len(ctx.owned.jobs), "sessions": len(ctx.owned.sessions),
+                  "cancelled_at_shutdown": [], "quantum_seconds": 0.0, "cleanup": "incomplete"}
+    remove_env_file(args.env_file)
+    await runner.cleanup()
+    # A submission already in flight at SIGTERM may have created a job after the first pass.
+    late = [j for j in ctx.owned.jobs if j not in seen]
+    if late:
+        try:
+            extra = await asyncio.wait_for(cleanup(ctx.client, late, []), CLEANUP_TIMEOUT / 2)
+            result["cancelled_at_shutdown"] += extra["cancelled_at_shutdown"]
+            result["quantum_seconds"] += extra["quantum_seconds"]
+            result["upstream_jobs"] += extra["upstream_jobs"]
+        except (TimeoutError, UpstreamError):
+            pass
+    await ctx.client.close()
+    finish(args, ctx.audit, ctx.resource.name, result, ctx.stats)
+    return 0
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s qproxy %(levelname)s %(message)s"
+    )
+
+
+def main(argv: list[str], after_start: Callable[[], None] | None = None) -> int:
+    """Start order, so that the job's launch never waits for aiohttp's imports (~200 ms):
+    validate, read the secret and the ledger, open the audit log, bind the port, write the
+    env file and the audit ``start`` record -- then import the app and serve. A job that
+    connects early waits in the listen backlog. A SIGTERM that arrives before the app runs, with no
+    upstream work in the ledger, ends the proxy at once with the same summary."""
+    args = parse_args(argv)
+    setup_logging()
+    signals = Signals()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signals.handler)
+    try:
+        conf = cfg.load(args.config)
+        prep = prepare(args, conf)
+        sock = listen(conf.proxy.host, args.port)
+    except (cfg.ConfigError, SecretsError, OSError) as exc:
+        print(f"qproxy serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        token = new_job_token()
+        port = sock.getsockname()[1]
+        env = client_env(f"http://{conf.proxy.host}:{port}", token, prep.upstream.instance)
+        atomic_write(args.env_file, "".join(f"{k}={v}\n" for k, v in env.items()).encode())
+        # still the log's first record: nothing is served before the app runs, below
+        prep.audit.record(
+            "start", backend=prep.resource.name, upstream_backend=prep.resource.backend,
+            lanes=prep.lanes, end_time=args.end_time, port=port, account=args.account,
+            pid=os.getpid(),
+        )
+        log.info("job %s: proxy for %s listening on %s:%d", args.job_id, prep.resource.name,
+                 conf.proxy.host, port)
+        try:
+            signals.interruptible = not (prep.jobs or prep.sessions)
+            if signals.stop and signals.interruptible:
+                raise EarlyStop
+            with _background():
+                import asyncio
+
+                import aiohttp.web  # noqa: F401  (the heavy part of the start)
+
+                import qproxy.proxy.app  # noqa: F401
+            signals.interruptible = False
+        except EarlyStop:
+            signals.interruptible = False
+            log.info("job %s: stopped before serving", args.job_id)
+            remove_env_file(args.env_file)
+            sock.close()
+            finish(args, prep.audit, prep.resource.name,
+                   {"upstream_jobs": 0, "sessions": 0, "cancelled_at_shutdown": [],
+                    "quantum_seconds": 0.0},
+                   {"requests": 0, "bytes_in": 0, "bytes_out": 0})
+            return 0
+        return asyncio.run(run(args, conf, token, prep, sock, signals, after_start))
+    except (cfg.ConfigError, SecretsError, OSError) as exc:
+        print(f"qproxy serve: {exc}", file=sys.stderr)
+        remove_env_file(args.env_file)
+        return 1
+    except BaseException:  # never leave an env file pointing at a proxy that is gone
+        remove_env_file(args.env_file)
+        raise

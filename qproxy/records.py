@@ -1,0 +1,153 @@
+"""Typed records for what crosses a process boundary, each with one reader and one writer:
+
+- :class:`ProxyRecord` -- ``{state_dir}/<job>/record.json``: the prolog writes it; task-env,
+  the epilog, the reaper and a requeued job's prolog read it.
+- :class:`JobSummary` -- ``{state_dir}/<job>/summary.json``: the proxy writes it at shutdown
+  (or the epilog builds it from the ledger when the proxy died); the epilog turns it into
+- :class:`UsageRecord` -- one line of ``{audit_dir}/usage.jsonl`` per job and node, what
+  admins and accounting tools read.
+
+The JSON keys are the files' published format (docs/admin.md): a reader accepts only
+well-typed values and treats anything else as absent, since a half-written or tampered file
+must never crash a root hook. Standard library only: task-env reads a record per task.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Self, cast
+
+
+def _checked(cls: type, data: Any) -> dict[str, Any] | None:
+    """The known keys of ``data`` whose values have their field's JSON type."""
+    if not isinstance(data, dict):
+        return None
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value: Any = data[f.name]
+        kinds = _JSON_KINDS[str(f.type)]
+        if value is None and "None" in str(f.type):
+            out[f.name] = None
+        elif isinstance(value, kinds) and not isinstance(value, bool):
+            is_float = str(f.type).startswith("float")
+            out[f.name] = float(cast(float, value)) if is_float else value
+    return out
+
+
+_JSON_KINDS: dict[str, tuple[type, ...]] = {
+    "str": (str,), "str | None": (str,), "int": (int,), "int | None": (int,),
+    "float": (float, int), "float | None": (float, int), "list[str]": (list,),
+}
+
+
+@dataclass(frozen=True)
+class ProxyRecord:
+    """The job's connection record: which proxy serves the job and what it was given."""
+
+    job_id: str
+    user: str
+    uid: int
+    resource: str
+    upstream_backend: str
+    lanes: int
+    pid: int
+    env_file: str
+    started: float
+    account: str = ""
+    spare: str | None = None  # the spare process that took the job, if one did
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self | None:
+        values = _checked(cls, data)
+        try:
+            return cls(**values) if values is not None else None
+        except TypeError:  # a required key is missing or mistyped
+            return None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job's upstream usage as its proxy (or the epilog, from the ledger) counted it."""
+
+    upstream_jobs: int = 0
+    sessions: int = 0
+    cancelled_at_shutdown: list[str] = field(default_factory=list)
+    quantum_seconds: float = 0.0
+    job_id: str = ""
+    user: str = ""
+    backend: str = ""
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    audit_log: str = ""
+    audit_head: str = ""
+    audit_records: int = 0
+    cleanup: str | None = None  # "incomplete" when the shutdown cleanup timed out
+    by: str | None = None  # "epilog" when the epilog had to clean up for a dead proxy
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None},
+                          indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self | None:
+        values = _checked(cls, data)
+        if values is None:
+            return None
+        cancelled = values.get("cancelled_at_shutdown", [])
+        values["cancelled_at_shutdown"] = [str(c) for c in cancelled]
+        return cls(**values)
+
+    @classmethod
+    def from_cleanup(cls, result: dict[str, Any], **extra: Any) -> Self:
+        """From ``qproxy.proxy.cleanup``'s result dict (its keys are this record's)."""
+        summary = cls.from_json({**result, **extra})
+        assert summary is not None
+        return summary
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One job's QPU use on one node, as the epilog (or the reaper) books it."""
+
+    job_id: str
+    reason: str  # "epilog" or "reaped"
+    resource: str
+    lanes: int | None
+    user: str | None
+    time: float
+    proxy: str  # what stopping it did: absent, terminated, killed
+    usage: str = ""  # the one-line summary, also in hooks.log
+    upstream_jobs: int = 0
+    quantum_seconds: float = 0.0
+    cancelled_at_shutdown: list[str] = field(default_factory=list)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    by: str | None = None
+    error: str | None = None
+    audit_head: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items()
+                           if v is not None or k in ("lanes", "user")}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self | None:
+        values = _checked(cls, data)
+        try:
+            return cls(**values) if values is not None else None
+        except TypeError:
+            return None
+
+    def line(self) -> str:
+        return (f"qpu backend={self.resource} lanes={self.lanes} "
+                f"upstream_jobs={self.upstream_jobs} "
+                f"quantum_seconds={self.quantum_seconds:.3f} "
+                f"cancelled={len(self.cancelled_at_shutdown)}")

@@ -1,0 +1,101 @@
+"""Job epilog (root) and the reaper's per-job teardown: stop the proxy, cancel leftovers from
+the ledger, release the lease, finish the audit log, record QPU usage. Never raises: a failing
+epilog drains the node."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from qproxy.config import Config
+from qproxy.records import JobSummary, UsageRecord
+from qproxy.slurm import lease, proxyproc
+from qproxy.slurm.state import JobState, ensure_private_dir, log
+
+
+def _read_summary(path: Path) -> JobSummary | None:
+    try:
+        return JobSummary.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _leftovers(config: Config, resource: str, job: JobState) -> dict[str, Any]:
+    from qproxy.proxy.cleanup import cleanup_job
+
+    return cleanup_job(config, resource, job.ledger)
+
+
+def _audit_end(config: Config, job_id: str, fields: dict[str, Any]) -> str | None:
+    from qproxy.proxy.audit import AuditLog
+
+    path = config.audit_dir / f"job-{job_id}.jsonl"
+    audit = AuditLog(path, structured=False, job_id=job_id)
+    try:
+        audit.record("job_end", **fields)
+        return audit.head
+    finally:
+        audit.close()
+
+
+def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
+    """Tear down everything job_id holds on this node; returns the usage record.
+
+    The usage line goes to {audit_dir}/usage.jsonl, not AdminComment: on 22.05 slurmctld
+    refuses ``scontrol update job=N AdminComment=..`` once the job is completing ("Job has
+    already finished"), which is always the case in the epilog. The prolog sets
+    AdminComment to the backend/lanes while the job runs."""
+    job = JobState.of(config, job_id)
+    record = job.read_record()
+    resource = record.resource if record else ""
+    proxy = proxyproc.recorded(record) if record else None
+    stopped = proxyproc.stop(proxy[0], job_id, spare=proxy[1]) if proxy else "absent"
+    summary = _read_summary(job.summary) if stopped != "killed" else None
+    if summary is None and resource:
+        try:  # proxy died or was killed: cancel leftovers from the ledger ourselves
+            summary = JobSummary.from_cleanup(_leftovers(config, resource, job), by="epilog")
+        except Exception as exc:
+            log.exception("job %s: cleanup of leftovers failed", job_id)
+            summary = JobSummary(error=f"cleanup failed: {type(exc).__name__}")
+    summary = summary or JobSummary()
+    usage = UsageRecord(
+        job_id=job_id, reason=reason, resource=resource,
+        lanes=record.lanes if record else None, user=record.user if record else None,
+        time=time.time(), proxy=stopped, upstream_jobs=summary.upstream_jobs,
+        quantum_seconds=summary.quantum_seconds,
+        cancelled_at_shutdown=summary.cancelled_at_shutdown, bytes_in=summary.bytes_in,
+        bytes_out=summary.bytes_out, by=summary.by, error=summary.error)
+    try:
+        lease.release(config, job_id)
+    except OSError:
+        log.exception("job %s: lease release failed", job_id)
+    if resource:
+        line = usage.line()
+        end = {k: v for k, v in asdict(usage).items()
+               if k not in ("time", "usage", "audit_head") and v is not None}
+        try:
+            usage = replace(usage, usage=line, audit_head=_audit_end(config, job_id, end))
+        except Exception:
+            log.exception("job %s: finishing the audit log failed", job_id)
+            usage = replace(usage, usage=line)
+        try:
+            ensure_private_dir(config.audit_dir)
+            fd = os.open(config.audit_dir / "usage.jsonl",
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a") as fh:
+                fh.write(usage.to_json() + "\n")
+        except OSError:
+            log.exception("job %s: writing usage.jsonl failed", job_id)
+        log.info("job %s: %s (%s, proxy %s)", job_id, line, reason, stopped)
+    try:  # keep the proxy's log next to the audit log; the job dir (token!) goes away
+        if job.proxy_log.exists():
+            ensure_private_dir(config.audit_dir)
+            os.replace(job.proxy_log, config.audit_dir / f"job-{job_id}.proxy.log")
+    except OSError:
+        log.exception("job %s: keeping the proxy log failed", job_id)
+    job.remove()
+    return usage

@@ -1,0 +1,78 @@
+"""``qproxy hook prolog|task-env|epilog|reap``: entry points for the SPANK plugin and cron.
+
+Exit codes: prolog/epilog exit 0 unless they could not even read the config (the plugin
+ignores the code either way: failing there would drain the node); task-env exits 1 with the
+user-facing reason on stdout; reap exits 1 when Slurm could not be asked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from qproxy.config import DEFAULT_CONFIG_PATH, ConfigError, load
+from qproxy.slurm.state import log, setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qproxy hook", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("prolog", "task-env", "epilog", "reap"):
+        s = sub.add_parser(name)
+        s.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+        if name != "reap":
+            s.add_argument("--job-id", required=True)
+        if name == "prolog":
+            s.add_argument("--uid", type=int, required=True)
+            s.add_argument("--backend", required=True)
+        if name == "reap":
+            s.add_argument("--all", action="store_true",
+                           help="tear down every job's state (the node is going down)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if not str(getattr(args, "job_id", "0")).isdigit():
+        print(f"bad job id {args.job_id!r}")
+        return 2
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        # task-env prints this to the job's stderr; prolog/epilog land in the slurmd log
+        print(f"QPU configuration error on this node: {exc}")
+        return 1
+    if args.cmd == "task-env":
+        from qproxy.slurm.taskenv import NoQPU, task_env
+
+        try:
+            env = task_env(config, args.job_id)
+        except NoQPU as exc:
+            print(exc)
+            return 1
+        sys.stdout.write("".join(f"{k}={v}\n" for k, v in env.items()))
+        return 0
+    setup_logging(config)
+    if args.cmd == "prolog":
+        from qproxy.slurm.prolog import prolog
+
+        return prolog(config, args.job_id, args.uid, args.backend)
+    if args.cmd == "epilog":
+        from qproxy.slurm.epilog import finish
+
+        try:
+            finish(config, args.job_id, "epilog")
+        except Exception:
+            log.exception("job %s: epilog failed", args.job_id)
+        return 0
+    from qproxy.slurm.reap import reap
+    from qproxy.slurm.slurmcli import SlurmError
+
+    try:
+        done = reap(config, everything=args.all)
+    except SlurmError as exc:
+        log.error("reap: %s; nothing done", exc)
+        return 1
+    print(json.dumps([asdict(u) for u in done]))
+    return 0

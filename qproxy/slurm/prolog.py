@@ -1,0 +1,165 @@
+"""Job prolog (root, at allocation with PrologFlags=Alloc): validate the request against the
+admin config and Slurm's view of the job, lease the lanes, start the job's proxy and write the
+connection record. Never fails the prolog: errors go to the job's state dir for task-env."""
+
+from __future__ import annotations
+
+import pwd
+import time
+
+from qproxy.config import Config, Resource
+from qproxy.records import ProxyRecord
+from qproxy.slurm import lease, proxyproc, spares
+from qproxy.slurm.slurmcli import (
+    JobRecord,
+    SlurmError,
+    finish_admin_comment,
+    job_info,
+    start_admin_comment,
+)
+from qproxy.slurm.state import JobState, log
+
+
+class JobRefused(Exception):
+    """A user-facing reason this job gets no QPU (shown on the job's stderr)."""
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _job_info(job_id: str) -> JobRecord:
+    """The job is RUNNING/CONFIGURING when the prolog runs; retry briefly on a busy ctld."""
+    last: Exception | None = None
+    for _ in range(5):
+        try:
+            return job_info(job_id)
+        except SlurmError as exc:
+            last = exc
+            time.sleep(1)
+    raise JobRefused(f"cannot read job {job_id} from Slurm ({last}); ask your admin")
+
+
+def lanes_for(resource: Resource, info: JobRecord) -> int:
+    """Lanes come only from what Slurm allocated: -L <resource>:N, else --gres=qpu:N."""
+    if info.licenses.get(resource.name):
+        return info.licenses[resource.name]
+    if info.gres_qpu:
+        return info.gres_qpu
+    other = ", ".join(sorted(info.licenses)) or "none"
+    raise JobRefused(
+        f"--q_backend={resource.name} needs QPU lanes from Slurm: add --gres=qpu:N or "
+        f"-L {resource.name}:N (N <= {resource.lanes}); job's licences: {other}"
+    )
+
+
+def check(config: Config, backend: str, user: str, info: JobRecord) -> tuple[Resource, int]:
+    if backend not in config.resources:
+        known = ", ".join(sorted(config.resources)) or "none"
+        raise JobRefused(f"unknown QPU backend '{backend}' (this cluster has: {known})")
+    resource = config.resources[backend]
+    lanes = lanes_for(resource, info)
+    if lanes > resource.lanes:
+        raise JobRefused(
+            f"job asked for {lanes} lanes of {backend}, which has only {resource.lanes}")
+    if resource.allowed_users and user not in resource.allowed_users:
+        raise JobRefused(f"user {user} may not use QPU {backend}")
+    if resource.allowed_accounts and info.account not in resource.allowed_accounts:
+        raise JobRefused(f"account '{info.account}' may not use QPU {backend}")
+    return resource, lanes
+
+
+# Slurm may start a job while the device's lanes are still leased on this node: a GRES count
+# shared by several devices admits more jobs than one device has lanes, and a finished job's
+# lanes are leased until its epilog has run. Such overlaps are usually brief (jobs ending),
+# so wait a little for the lanes before failing the job with a clear message.
+SETTLE_SECONDS = 15.0
+
+
+def acquire_lanes(config: Config, resource: Resource, job_id: str, lanes: int) -> None:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            lease.acquire(config, resource, job_id, lanes)
+            return
+        except lease.LanesBusy as exc:
+            if time.monotonic() >= deadline:
+                raise JobRefused(str(exc)) from None
+        time.sleep(0.2)
+
+
+def start_proxy(config: Config, job: JobState, resource: Resource, user: str, lanes: int,
+                info: JobRecord) -> tuple[int, str | None]:
+    """(pid, spare id): a ready spare takes the job if there is one (qproxy.slurm.spares), else a
+    new process starts."""
+    args = ["--config", str(config.path), "--job-id", job.job_id, "--user", user,
+            "--backend", resource.name, "--lanes", str(lanes),
+            "--end-time", str(int(info.end_time or time.time() + 365 * 86400)),
+            "--env-file", str(job.env_file), "--ledger-file", str(job.ledger),
+            "--summary-file", str(job.summary)]
+    if info.account:
+        args += ["--account", info.account]
+    # Not waiting for readiness here: the proxy's start overlaps the step launch, and the
+    # first task's `task-env` waits (bounded) for its env file or reports that it died.
+    if config.proxy.spares > 0:
+        try:
+            claimed = spares.claim(config.state_dir, args, job.proxy_log)
+        except OSError:
+            log.exception("job %s: claiming a spare proxy failed", job.job_id)
+            claimed = None
+        if claimed is not None:
+            return claimed
+    return proxyproc.start(args, job.proxy_log).pid, None
+
+
+def keep_spares(config: Config) -> None:
+    """After the job's own proxy: start a spare for the next QPU job on this node."""
+    try:
+        spares.ensure(config.state_dir, config.path, config.proxy.spares, proxyproc.CLEAN_ENV)
+    except Exception:  # an optimisation only: never fails the prolog
+        log.exception("starting a spare proxy failed")
+
+
+def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
+    job = JobState.of(config, job_id)
+    old = job.read_record()
+    previous = proxyproc.recorded(old) if old else None
+    if previous:  # requeued job: stop the previous proxy
+        proxyproc.stop(previous[0], job_id, grace=5, spare=previous[1])
+    job.remove()
+    job.create()
+    user = _user_name(uid)
+    t0 = time.monotonic()
+    leased = False
+    try:
+        info = _job_info(job_id)
+        resource, lanes = check(config, backend, user, info)
+        acquire_lanes(config, resource, job_id, lanes)
+        leased = True
+        pid, spare_id = start_proxy(config, job, resource, user, lanes, info)
+        comment = start_admin_comment(job_id, f"qpu backend={resource.name} lanes={lanes}")
+        job.write_record(ProxyRecord(
+            job_id=job_id, user=user, uid=uid, account=info.account, resource=resource.name,
+            upstream_backend=resource.backend, lanes=lanes, pid=pid, spare=spare_id,
+            env_file=str(job.env_file), started=time.time()))
+        finish_admin_comment(job_id, comment)
+        log.info("job %s: proxy pid %d%s for %s (%d lanes, user %s) started in %.2fs",
+                 job_id, pid, f" (spare {spare_id})" if spare_id else "", resource.name, lanes,
+                 user, time.monotonic() - t0)
+        if spare_id is None:  # none was ready (a claimed one starts its own successor)
+            keep_spares(config)
+    except JobRefused as exc:
+        log.info("job %s: refused: %s", job_id, exc)
+        job.set_error(str(exc))
+        if leased:
+            lease.release(config, job_id)
+    except Exception:
+        log.exception("job %s: prolog failed", job_id)
+        job.set_error("internal error while starting the QPU proxy; ask your admin "
+                      f"(see hooks.log on the node, job {job_id})")
+        if leased:
+            lease.release(config, job_id)
+    return 0

@@ -1,0 +1,134 @@
+"""Start and stop a job's ``qproxy serve`` process (root, detached from the hook)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qproxy.proxy.process import alive, serve_options
+from qproxy.records import ProxyRecord
+
+if TYPE_CHECKING:  # task-env (once per task) never starts a process
+    import subprocess
+
+CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "LANG": "C.UTF-8"}
+
+
+def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``setsid`` + stdio to a file: the proxy must outlive the prolog and must not hold the
+    prolog's pipes open (slurmd would wait for them)."""
+    import subprocess
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qproxy", "serve", *args],
+            stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True,
+            start_new_session=True, cwd="/", env=CLEAN_ENV,
+        )
+    finally:
+        os.close(fd)
+
+
+def recorded(record: ProxyRecord) -> tuple[int, str | None]:
+    """(pid, spare id) of the proxy a job's connection record names."""
+    return record.pid, record.spare
+
+
+def is_our_proxy(pid: int, job_id: str, spare: str | None = None) -> bool:
+    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`, or the
+    spare the prolog handed this job to (`qproxy serve --spare <spare>`, see qproxy.proxy.spare)."""
+    wanted = {("--job-id", job_id)} | ({("--spare", spare)} if spare else set())
+    return bool(serve_options(pid) & wanted)
+
+
+def _wait_exit(pidfd: int | None, pid: int, timeout: float) -> bool:
+    """True once pid has exited (a zombie counts), within timeout. With a pidfd the kernel
+    wakes us the moment it exits; else poll /proc in short steps."""
+    deadline = time.monotonic() + timeout
+    if pidfd is not None:
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if p.poll(max(0, int(left * 1000) + 1)) or not alive(pid):
+                return True
+            if left <= 0:
+                return False
+    delay = 0.002
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return not alive(pid)
+
+
+def stop(pid: int, job_id: str, grace: float = 15.0, spare: str | None = None) -> str:
+    """SIGTERM (graceful: the proxy cancels upstream work and writes its summary), then
+    SIGKILL. Returns what happened: 'absent', 'terminated' or 'killed'.
+
+    A pidfd taken before the cmdline check pins the process, so a PID reused in between
+    can never be signalled."""
+    pidfd: int | None = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return "absent"
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        if not is_our_proxy(pid, job_id, spare):
+            return "absent"
+        _signal(pidfd, pid, signal.SIGTERM)
+        if _wait_exit(pidfd, pid, grace):
+            return "terminated"
+        try:
+            _signal(pidfd, pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return "terminated"
+        return "killed"
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _signal(pidfd: int | None, pid: int, sig: int) -> None:
+    if pidfd is not None:
+        signal.pidfd_send_signal(pidfd, sig)
+    else:
+        os.kill(pid, sig)
+
+
+def wait_ready(path: Path, pid: int, job_id: str, timeout: float,
+               spare: str | None = None) -> dict[str, str] | None:
+    """The proxy's env file once it exists; None if the proxy is gone or the time is up."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            return read_env_file(path)
+        except FileNotFoundError:
+            pass
+        if not (is_our_proxy(pid, job_id, spare) and alive(pid)) or time.monotonic() > deadline:
+            try:  # it may have written the file and died since the first look
+                return read_env_file(path)
+            except FileNotFoundError:
+                return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key:
+            env[key.strip()] = value.strip()
+    return env

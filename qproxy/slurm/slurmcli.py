@@ -1,0 +1,381 @@
+"""Slurm's command line, read in one place: what the root hooks ask about a job (its user,
+account, QPU allocation, end time) and what the job-side Slurm-mode primitives submit, query
+and cancel. The job's own environment is user-controlled and proves nothing; Slurm's answer is
+what counts.
+
+Why the shapes and fallbacks (each checked on Debian's 22.05.8, 24.11.5 and 26.05.x):
+- ``squeue --json``: 22.05 ignores ``--jobs`` (lists every job), 24.11+ filters, so results
+  are always filtered here. From data_parser v0.0.40 on, ``job_state`` is a list
+  (``["RUNNING"]``) and times are ``{"set", "infinite", "number"}`` objects, where 22.05 has a
+  string and an integer (:func:`state_word`, :func:`number`).
+- ``scontrol --json`` does not exist on 22.05; where it does, ``exit_code`` is
+  ``{"status": [...], "return_code": {...}, "signal": {"id": {...}, "name"}}``
+  (:func:`exit_code`). Without slurmdbd ``sacct`` cannot answer at all, and ``scontrol show
+  job`` forgets a job MinJobAge seconds after it ends, so a job's state comes from
+  ``scontrol --json``, else ``scontrol -o`` text, else ``sacct``.
+- GRES is spelt ``gres:qpu:2`` (22.05 text), ``gres/qpu:2`` (24.11+ text), ``gres/qpu=2``
+  (TRES), ``qpu(CNT:2)`` / ``qpu:2(IDX:0-1)`` (gres_detail); licences ``ibm_fez:2,x`` or
+  ``(null)`` (:func:`gres_qpu`, :func:`parse_licenses`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("qproxy.slurm")
+
+# Slurm job states by outcome (long spellings, as squeue/scontrol/sacct print them).
+PENDING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                            "RESV_DEL_HOLD", "SUSPENDED", "STOPPED"})
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"})
+DONE_STATES = frozenset({"COMPLETED"})
+CANCELLED_STATES = frozenset({"CANCELLED", "REVOKED"})
+TIMEOUT_STATES = frozenset({"TIMEOUT", "DEADLINE"})
+NODE_FAIL_STATES = frozenset({"NODE_FAIL"})
+FAILED_STATES = frozenset({"FAILED", "OUT_OF_MEMORY", "BOOT_FAIL", "PREEMPTED", "SPECIAL_EXIT"})
+FINAL_STATES = DONE_STATES | CANCELLED_STATES | TIMEOUT_STATES | NODE_FAIL_STATES | FAILED_STATES
+# States in which a job may still hold QPU state on a node (the reaper leaves those alone).
+LIVE_STATES = PENDING_STATES | RUNNING_STATES
+
+_TIMEOUT = 30.0
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command could not be run, timed out, or answered nonsense."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What Slurm says about one job, normalised from any version's JSON or ``key=value`` text."""
+
+    job_id: str
+    state: str
+    user: str = ""
+    user_id: int | None = None
+    account: str = ""
+    end_time: float = 0.0  # epoch seconds; 0 = none/unknown (unlimited)
+    reason: str = ""
+    exit_code: str = ""  # "RC:SIGNAL" as scontrol prints it
+    licenses: dict[str, int] = field(default_factory=dict)
+    gres_qpu: int = 0  # lanes from --gres=qpu:N
+    admin_comment: str = ""
+    source: str = ""
+
+
+# ------------------------------------------------------------------------------ value readers
+def number(value: Any) -> float | None:
+    """A JSON number of any version: ``N`` (22.05) or ``{"set", "infinite", "number"}``
+    (v0.0.40+). None when unset; ``inf`` when infinite."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, dict):
+        if value.get("infinite"):
+            return math.inf
+        if value.get("set") is False:
+            return None
+        return number(value.get("number"))
+    return None
+
+
+def state_word(value: Any) -> str:
+    """``"RUNNING"``, ``["RUNNING", "COMPLETING"]`` or ``"CANCELLED by 0"`` -> the base state."""
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return str(value or "").split()[0].upper() if value else ""
+
+
+def exit_code(value: Any) -> str:
+    """``"RC:SIGNAL"`` from 22.05's integer / string or 24.11's exit-code object."""
+    if isinstance(value, dict):
+        rc = number(value.get("return_code"))
+        signal = value.get("signal")
+        sig = number(signal.get("id")) if isinstance(signal, dict) else None
+        rc_s = "" if rc is None or math.isinf(rc) else str(int(rc))
+        return f"{rc_s}:{int(sig) if sig is not None and not math.isinf(sig) else 0}" if rc_s \
+            else ""
+    if isinstance(value, bool) or value is None:
+        return ""
+    return str(value)
+
+
+def parse_licenses(text: str) -> dict[str, int]:
+    """``ibm_fez:2,ibm_torino`` -> {"ibm_fez": 2, "ibm_torino": 1}; ``(null)`` -> {}."""
+    out: dict[str, int] = {}
+    for item in (text or "").split(","):
+        name, _, count = item.strip().partition(":")
+        if name and name != "(null)":
+            try:
+                out[name] = out.get(name, 0) + int(count or 1)
+            except ValueError:
+                continue
+    return out
+
+
+_GRES = re.compile(r"(?:^|[,\s=])(?:gres[:/])?qpu(?::[^:,()\s=]+)?[:(=](?:CNT:)?(\d+)")
+
+
+def gres_qpu(*texts: str) -> int:
+    """The qpu count in the first GRES/TRES string that has one (``gres:qpu:2``,
+    ``gres/qpu:2``, ``gres/qpu=2``, ``qpu(CNT:2)``, ``qpu:2(IDX:0-1)``, ``gres:qpu:fez:2``)."""
+    for text in texts:
+        m = _GRES.search(text or "")
+        if m:
+            return int(m.group(1))
+    return 0
+
+
+def gres_lanes(job: dict[str, Any]) -> int:
+    """qpu GRES of a JSON job: allocated (``gres_detail``) or else requested (``tres_per_*``)."""
+    return gres_qpu(*(str(d) for d in job.get("gres_detail") or []),
+                    *(str(job.get(k) or "") for k in ("tres_per_node", "tres_per_job",
+                                                      "tres_per_task", "tres_per_socket")))
+
+
+def _epoch(value: Any) -> float:
+    t = number(value)
+    return 0.0 if t is None or math.isinf(t) else t
+
+
+def record_from_json(job: dict[str, Any], source: str = "json") -> JobRecord:
+    """A ``squeue --json`` / ``scontrol --json`` job of any version."""
+    uid = number(job.get("user_id"))
+    return JobRecord(
+        job_id=str(job.get("job_id")),
+        state=state_word(job.get("job_state")),
+        user=str(job.get("user_name") or ""),
+        user_id=int(uid) if uid is not None and not math.isinf(uid) else None,
+        account=str(job.get("account") or ""),
+        end_time=_epoch(job.get("end_time")),
+        reason=str(job.get("state_reason") or ""),
+        exit_code=exit_code(job.get("exit_code")),
+        licenses=parse_licenses(str(job.get("licenses") or "")),
+        gres_qpu=gres_lanes(job),
+        admin_comment=str(job.get("admin_comment") or ""),
+        source=source,
+    )
+
+
+# The prolog's AdminComment holds spaces, which `scontrol -o` prints unquoted.
+_ADMIN_TEXT = re.compile(r"\bAdminComment=(qpu backend=\S+ lanes=\d+)")
+
+
+def record_from_text(job_id: str, line: str) -> JobRecord:
+    """One ``scontrol -o show job`` line (any version)."""
+    f = dict(re.findall(r"(\S+?)=(\S*)", line))
+    uid = re.match(r"(\S*?)\((\d+)\)", f.get("UserId", ""))
+    return JobRecord(
+        job_id=job_id,
+        state=state_word(f.get("JobState")),
+        user=uid.group(1) if uid else "",
+        user_id=int(uid.group(2)) if uid else None,
+        account=f.get("Account", ""),
+        reason=f.get("Reason", ""),
+        exit_code=f.get("ExitCode", ""),
+        licenses=parse_licenses(f.get("Licenses", "")),
+        gres_qpu=gres_qpu(f.get("TresPerNode", ""), f.get("TresPerJob", ""),
+                          f.get("GRES", ""), f.get("AllocTRES", "")),
+        admin_comment=m.group(1) if (m := _ADMIN_TEXT.search(line)) else f.get("AdminComment", ""),
+        source="scontrol",
+    )
+
+
+def jobs_of(doc: Any) -> list[dict[str, Any]]:
+    """The job objects of a ``--json`` answer (anything else is ignored)."""
+    jobs = doc.get("jobs") if isinstance(doc, dict) else None
+    return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+
+
+# ------------------------------------------------------------------------------ running commands
+def _run(cmd: list[str], timeout: float = _TIMEOUT,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SlurmError(f"{cmd[0]} failed: {exc}") from None
+
+
+def squeue_json(job_id: str | None = None, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """``squeue --json`` (``--jobs`` where given; filtered here too, see the module doc)."""
+    cmd = ["squeue", "--json", *(["--jobs", job_id] if job_id else [])]
+    out = _run(cmd, timeout=timeout)
+    if out.returncode != 0:
+        if job_id and "Invalid job id" in out.stderr:
+            return []
+        raise SlurmError(f"squeue --json exited {out.returncode}: {out.stderr.strip()[:200]}")
+    try:
+        jobs = jobs_of(json.loads(out.stdout))
+    except ValueError as exc:
+        raise SlurmError(f"squeue --json: bad JSON ({exc})") from None
+    return [j for j in jobs if job_id is None or str(j.get("job_id")) == job_id]
+
+
+def job_info(job_id: str) -> JobRecord:
+    """The job as squeue sees it (the prolog's view); SlurmError if it is not there."""
+    for job in squeue_json(job_id):
+        return record_from_json(job, "squeue")
+    raise SlurmError(f"job {job_id} not found in squeue")
+
+
+def live_job_ids() -> set[str]:
+    return {str(j.get("job_id")) for j in squeue_json()
+            if state_word(j.get("job_state")) in LIVE_STATES}
+
+
+def start_admin_comment(job_id: str, text: str) -> subprocess.Popen[str] | None:
+    """Start ``scontrol update job=N AdminComment=...``; the prolog does its own work while
+    it runs and collects the answer with ``finish_admin_comment``."""
+    try:
+        return subprocess.Popen(["scontrol", "update", f"job={job_id}", f"AdminComment={text}"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        log.warning("job %s: scontrol update AdminComment failed: %s", job_id, exc)
+        return None
+
+
+def finish_admin_comment(job_id: str, proc: subprocess.Popen[str] | None,
+                         timeout: float = 15) -> bool:
+    if proc is None:
+        return False
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        log.warning("job %s: scontrol update AdminComment timed out", job_id)
+        return False
+    if proc.returncode != 0:
+        log.warning("job %s: scontrol update AdminComment: %s", job_id,
+                    (err or out).strip()[:200])
+    return proc.returncode == 0
+
+
+# A job submitted with --export=<anything but plain ALL> (e.g. "ALL,VAR=x") runs with these
+# set; sbatch run inside it reads SLURM_EXPORT_ENV as its --export default and sets
+# SLURM_GET_USER_ENV=1 again, so every primitive job would make slurmd capture the user's
+# login environment (`su - user -c env`) before starting it: measured ~1 s on a third of the
+# calls here (slurmd waits a second when su has not exited yet), more with a heavy profile.
+INHERITED_EXPORT_VARS = ("SLURM_EXPORT_ENV", "SLURM_GET_USER_ENV")
+
+
+def submit_env() -> dict[str, str]:
+    """The caller's environment, which the primitive job needs as is (PATH, Python, the
+    QPROXY_* settings), without the inherited export settings above."""
+    return {k: v for k, v in os.environ.items() if k not in INHERITED_EXPORT_VARS}
+
+
+def _export(args: list[str]) -> list[str]:
+    """``--export=ALL`` unless the caller's extra sbatch arguments chose otherwise."""
+    return args if any(a.startswith("--export") for a in args) else ["--export=ALL", *args]
+
+
+class Slurm:
+    """Submits, queries and cancels jobs with the user's own Slurm CLI (no root, no daemon)."""
+
+    def __init__(self) -> None:
+        self._json_ok: bool | None = None  # does `scontrol --json show job` work here?
+        self._sacct_ok = True
+
+    def submit(self, args: list[str], script: str) -> str:
+        """``sbatch --parsable ARGS SCRIPT`` -> job id; raise SlurmError with sbatch's
+        message (the caller turns it into SlurmSubmitError)."""
+        out = _run(["sbatch", "--parsable", *_export(args), script], env=submit_env())
+        m = re.match(r"(\d+)", out.stdout.strip())
+        if out.returncode != 0 or not m:
+            msg = " ".join((out.stderr or out.stdout).split())[:800]
+            raise SlurmError(f"sbatch exited {out.returncode}: {msg}")
+        return m.group(1)
+
+    def cancel(self, job_id: str) -> None:
+        out = _run(["scancel", job_id])
+        if out.returncode != 0 and "Invalid job id" not in out.stderr:
+            raise SlurmError(f"scancel {job_id}: {out.stderr.strip()[:300]}")
+
+    def show(self, job_id: str) -> JobRecord | None:
+        """The job as scontrol (or sacct) knows it; None when Slurm has forgotten it."""
+        if self._json_ok is not False:
+            out = _run(["scontrol", "--json", "show", "job", job_id])
+            try:
+                doc = json.loads(out.stdout) if out.returncode == 0 else None
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict) and isinstance(doc.get("jobs"), list):
+                self._json_ok = True
+                for job in jobs_of(doc):
+                    if str(job.get("job_id")) == job_id:
+                        return record_from_json(job, "scontrol-json")
+                return self._sacct(job_id)
+            if "Invalid job id" in out.stderr and self._json_ok:
+                return self._sacct(job_id)
+            self._json_ok = False
+        out = _run(["scontrol", "-o", "show", "job", job_id])
+        if out.returncode == 0 and out.stdout.strip():
+            return record_from_text(job_id, out.stdout.splitlines()[0])
+        if "Invalid job id" not in out.stderr:
+            raise SlurmError(f"scontrol show job {job_id}: {out.stderr.strip()[:300]}")
+        return self._sacct(job_id)
+
+    def _sacct(self, job_id: str) -> JobRecord | None:
+        """sacct needs slurmdbd; where it cannot answer, stop asking it."""
+        if not self._sacct_ok:
+            return None
+        out = _run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,ExitCode"])
+        line = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+        if out.returncode != 0 or not line:
+            if out.returncode != 0:
+                self._sacct_ok = False
+            return None
+        state, _, code = line.partition("|")
+        if state_word(state) not in FINAL_STATES | PENDING_STATES | RUNNING_STATES:
+            self._sacct_ok = False  # e.g. "Slurm accounting storage is disabled"
+            return None
+        return JobRecord(job_id=job_id, state=state_word(state), exit_code=code,
+                         source="sacct")
+
+    def license_total(self, name: str) -> int | None:
+        out = _run(["scontrol", "-o", "show", "licenses", name])
+        m = re.search(r"Total=(\d+)", out.stdout)
+        return int(m.group(1)) if out.returncode == 0 and m else None
+
+    def gres_qpu_total(self, partition: str | None = None) -> int:
+        """qpu GRES over the nodes (of the partition) — the most any one job could hold."""
+        out = _run(["scontrol", "-o", "show", "node"])
+        nodes = set()
+        if partition:
+            p = _run(["scontrol", "-o", "show", "partition", partition])
+            m = re.search(r"\bNodes=(\S+)", p.stdout)
+            if m:
+                h = _run(["scontrol", "show", "hostnames", m.group(1)])
+                nodes = set(h.stdout.split())
+        total = 0
+        for line in out.stdout.splitlines():
+            f = dict(re.findall(r"(\S+?)=(\S*)", line))
+            if nodes and f.get("NodeName") not in nodes:
+                continue
+            total += gres_qpu(f.get("Gres", ""))
+        return total
+
+    def plugstack_qproxy_config(self) -> str | None:
+        """The qproxy admin config the SPANK plugin is configured with (plugstack.conf
+        ``config=``): the same file the prolog reads, so lane counts agree with it."""
+        out = _run(["scontrol", "show", "config"])
+        m = re.search(r"^PlugStackConfig\s*=\s*(\S+)", out.stdout, re.M)
+        if not m:
+            return None
+        try:
+            with open(m.group(1)) as fh:
+                text = fh.read()
+        except OSError:
+            return None
+        m = re.search(r"\bconfig=(\S+)", text)
+        return m.group(1) if m else None

@@ -1,0 +1,60 @@
+"""The spare-proxy pool as the Slurm hooks use it: the prolog claims a ready spare (or keeps
+the pool filled), ``reap --all`` stops them all. The spare process itself and how spares are
+started and listed: ``qproxy.proxy.spare``.
+
+Standard library only: the claim is on every QPU job's start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+from qproxy.proxy.spare import MAX_REQUEST, ensure, identity, listing
+
+__all__ = ["claim", "ensure", "listing", "stop_all"]
+
+CLAIM_TIMEOUT = 2.0  # a ready spare answers in milliseconds
+
+
+def claim(state_dir: Path, argv: list[str], log_path: Path,
+          timeout: float = CLAIM_TIMEOUT) -> tuple[int, str] | None:
+    """Hand ``qproxy serve`` arguments to a ready spare: (pid, spare id), or None."""
+    request = json.dumps({"identity": identity(), "argv": argv, "log": str(log_path)})
+    for path, _pid, _id in listing(state_dir):
+        if not path.name.endswith(".sock"):
+            continue
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+            s.sendall(request.encode() + b"\n")
+            reply = s.makefile("rb").readline(MAX_REQUEST)
+        except OSError:  # claimed by another prolog, or going away
+            continue
+        finally:
+            s.close()
+        try:
+            answer = json.loads(reply)
+        except ValueError:
+            continue
+        if isinstance(answer, dict) and answer.get("ok") and isinstance(answer.get("pid"), int):
+            return answer["pid"], str(answer["id"])
+    return None
+
+
+def stop_all(state_dir: Path) -> int:
+    """SIGTERM every spare of this node (node going down, or the code changed)."""
+    n = 0
+    for path, pid, spare_id in listing(state_dir):
+        try:
+            os.kill(pid, signal.SIGTERM)
+            n += 1
+        except OSError:
+            pass
+        path.unlink(missing_ok=True)
+        (path.parent / f"{spare_id}.log").unlink(missing_ok=True)
+    return n

@@ -1,0 +1,99 @@
+"""Per-job state under ``{state_dir}/<jobid>/`` (0700 root): the connection record, the
+proxy's env/ledger/summary files, its log, and the error the prolog recorded for the user."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from qproxy.config import Config
+from qproxy.files import atomic_write
+from qproxy.records import ProxyRecord
+
+log = logging.getLogger("qproxy.slurm")
+
+
+def write_private(path: Path, data: str) -> None:
+    """Atomic 0600 write: readers (task-env, epilog) never see half a file. No fsync: the
+    state dir is a tmpfs (/run) and this is on every job's start."""
+    atomic_write(path, data, fsync=False)
+
+
+def ensure_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+@dataclass(frozen=True)
+class JobState:
+    root: Path
+    job_id: str
+
+    @classmethod
+    def of(cls, config: Config, job_id: str) -> JobState:
+        if not job_id.isdigit():
+            raise ValueError(f"bad job id {job_id!r}")
+        return cls(config.state_dir / job_id, job_id)
+
+    record = property(lambda self: self.root / "record.json")
+    error = property(lambda self: self.root / "error")
+    env_file = property(lambda self: self.root / "proxy.env")
+    ledger = property(lambda self: self.root / "ledger.jsonl")
+    summary = property(lambda self: self.root / "summary.json")
+    proxy_log = property(lambda self: self.root / "proxy.log")
+
+    def create(self) -> None:
+        ensure_private_dir(self.root.parent)
+        ensure_private_dir(self.root)
+
+    def set_error(self, message: str) -> None:
+        """The one line the job's tasks will print before failing."""
+        self.create()
+        write_private(self.error, message.replace("\n", " ").strip() + "\n")
+
+    def read_error(self) -> str | None:
+        try:
+            return self.error.read_text().strip() or None
+        except OSError:
+            return None
+
+    def write_record(self, record: ProxyRecord) -> None:
+        write_private(self.record, record.to_json())
+
+    def read_record(self) -> ProxyRecord | None:
+        """The connection record, or None when absent, unreadable or malformed."""
+        try:
+            return ProxyRecord.from_json(json.loads(self.record.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def job_dirs(config: Config) -> list[str]:
+    """Job ids that have state on this node."""
+    try:
+        return sorted(p.name for p in config.state_dir.iterdir() if p.name.isdigit())
+    except OSError:
+        return []
+
+
+def setup_logging(config: Config | None) -> None:
+    """Hooks log to {state_dir}/hooks.log (root only); stderr is discarded by the plugin."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if config is not None:
+        try:
+            ensure_private_dir(config.state_dir)
+            path = config.state_dir / "hooks.log"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.close(fd)
+            handlers.append(logging.FileHandler(path))
+        except OSError:
+            pass
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(process)d %(message)s")

@@ -1,0 +1,120 @@
+"""The hooks' parsing and lease logic without a cluster (fast; runs anywhere)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qproxy.config import load
+from qproxy.slurm import lease, proxyproc
+from qproxy.slurm.prolog import JobRefused, check
+from qproxy.slurm.slurmcli import JobRecord, gres_lanes, parse_licenses
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "qproxy.toml"
+
+
+@pytest.mark.parametrize(("job", "lanes"), [
+    ({"gres_detail": ["qpu(CNT:2)"]}, 2),
+    ({"gres_detail": ["gpu:a100(CNT:1)", "qpu(CNT:3)"]}, 3),
+    ({"tres_per_node": "gres:qpu:1"}, 1),
+    ({"tres_per_job": "gres/qpu:4"}, 4),
+    ({"tres_per_node": "gres:gpu:2"}, 0),
+    ({}, 0),
+])
+def test_gres_lanes(job: dict[str, object], lanes: int) -> None:
+    assert gres_lanes(job) == lanes
+
+
+def test_parse_licenses() -> None:
+    assert parse_licenses("ibm_fez:2,ibm_torino:1") == {"ibm_fez": 2, "ibm_torino": 1}
+    assert parse_licenses("ibm_fez") == {"ibm_fez": 1}
+    assert parse_licenses("") == {}
+
+
+def _info(gres: int = 0, lic: dict[str, int] | None = None, account: str = "") -> JobRecord:
+    return JobRecord("1", "RUNNING", user="alice", account=account, gres_qpu=gres,
+                     licenses=lic or {})
+
+
+def test_check(tmp_path: Path) -> None:
+    config = load(CONF)
+    assert check(config, "ibm_fez", "alice", _info(gres=2))[1] == 2
+    assert check(config, "ibm_fez", "alice", _info(gres=1, lic={"ibm_fez": 2}))[1] == 2
+    for backend, info, msg in [
+        ("nope", _info(gres=1), "unknown QPU backend 'nope'"),
+        ("ibm_torino", _info(gres=2), "which has only 1"),
+        ("ibm_fez", _info(lic={"ibm_torino": 1}), "-L ibm_fez:N"),
+    ]:
+        with pytest.raises(JobRefused, match=msg):
+            check(config, backend, "alice", info)
+
+
+def test_lease(tmp_path: Path) -> None:
+    text = CONF.read_text().replace('"/run/qproxy"', f'"{tmp_path}"')
+    (tmp_path / "q.toml").write_text(text)
+    config = load(tmp_path / "q.toml")
+    fez = config.resources["ibm_fez"]
+    for job in ("1", "2"):
+        (tmp_path / job).mkdir()
+        lease.acquire(config, fez, job, 1)
+    with pytest.raises(lease.LanesBusy, match="2 of its 2 lanes"):
+        lease.acquire(config, fez, "3", 1)
+    lease.release(config, "1")
+    (tmp_path / "3").mkdir()
+    lease.acquire(config, fez, "3", 1)
+    (tmp_path / "2").rmdir()  # job 2's state was reaped: its lease is stale
+    (tmp_path / "4").mkdir()
+    lease.acquire(config, fez, "4", 1)
+    assert lease.held(config)["ibm_fez"] == {"3": 1, "4": 1}
+
+
+def _fake_proxy(job_id: str, ignore_term: bool = False) -> subprocess.Popen[bytes]:
+    """A process whose command line looks like `... serve --job-id <id>`."""
+    code = "import signal, time\n"
+    if ignore_term:
+        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    code += "print('up', flush=True)\ntime.sleep(60)\n"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--job-id", job_id],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    return proc
+
+
+def test_proxy_stop() -> None:
+    p = _fake_proxy("41")
+    try:
+        assert proxyproc.stop(p.pid, "42") == "absent"  # not that job's proxy: untouched
+        assert p.poll() is None
+        t0 = time.monotonic()
+        assert proxyproc.stop(p.pid, "41") == "terminated"
+        assert time.monotonic() - t0 < 2
+        p.wait(5)
+        stubborn = _fake_proxy("43", ignore_term=True)
+        assert proxyproc.stop(stubborn.pid, "43", grace=0.3) == "killed"
+        stubborn.wait(5)
+        assert proxyproc.stop(stubborn.pid, "43") == "absent"
+    finally:
+        p.kill()
+
+
+def test_wait_ready(tmp_path: Path) -> None:
+    env = tmp_path / "proxy.env"
+    p = _fake_proxy("44")
+    try:
+        t0 = time.monotonic()
+        assert proxyproc.wait_ready(env, p.pid, "44", 0.2) is None  # alive, never ready
+        assert time.monotonic() - t0 >= 0.2
+        env.write_text("A=1\nB=x=y\n")
+        assert proxyproc.wait_ready(env, p.pid, "44", 5) == {"A": "1", "B": "x=y"}
+        env.unlink()
+        p.kill()
+        p.wait(5)
+        t0 = time.monotonic()
+        assert proxyproc.wait_ready(env, p.pid, "44", 30) is None  # gone: no waiting
+        assert time.monotonic() - t0 < 1
+    finally:
+        p.kill()

@@ -1,0 +1,145 @@
+"""The one Slurm output parser (qproxy/slurm/slurmcli.py) on the shapes each Slurm version
+prints: 22.05 (bookworm), 24.11 (trixie, data_parser v0.0.42) and 26.05 (sid). Captured
+outputs of real clusters live in tests/data/slurm/<version>/ and are parsed here too."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qproxy.slurm import slurmcli
+from qproxy.slurm.slurmcli import (
+    exit_code,
+    gres_lanes,
+    gres_qpu,
+    number,
+    parse_licenses,
+    record_from_json,
+    record_from_text,
+    state_word,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"
+
+
+def _n(value: float, infinite: bool = False, set_: bool = True) -> dict[str, Any]:
+    return {"set": set_, "infinite": infinite, "number": value}
+
+
+JOB_2205: dict[str, Any] = {
+    "job_id": 42, "job_state": "RUNNING", "user_name": "alice", "user_id": 1001,
+    "account": "physics", "end_time": 1764590000, "start_time": 1764586400,
+    "licenses": "ibm_fez:2", "gres_detail": [], "tres_per_node": "", "state_reason": "None",
+}
+JOB_2411: dict[str, Any] = {
+    "job_id": 42, "job_state": ["RUNNING"], "user_name": "alice", "user_id": 1001,
+    "account": "physics", "end_time": _n(1764590000), "start_time": _n(1764586400),
+    "time_limit": _n(60), "licenses": "", "gres_detail": ["qpu:1(IDX:0)"],
+    "tres_per_node": "gres/qpu:1", "state_reason": "None",
+    "exit_code": {"status": ["SUCCESS"], "return_code": _n(0),
+                  "signal": {"id": _n(0, set_=False), "name": ""}},
+}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (5, 5.0), (2.5, 2.5), (_n(7), 7.0), (_n(0, set_=False), None), (_n(0, infinite=True), math.inf),
+    (None, None), ("3", None), (True, None),
+])
+def test_number(value: Any, expected: float | None) -> None:
+    assert number(value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("RUNNING", "RUNNING"), (["RUNNING", "COMPLETING"], "RUNNING"), ("CANCELLED by 0", "CANCELLED"),
+    ([], ""), (None, ""), ("pending", "PENDING"),
+])
+def test_state_word(value: Any, expected: str) -> None:
+    assert state_word(value) == expected
+
+
+def test_exit_code_shapes() -> None:
+    assert exit_code("0:0") == "0:0"
+    assert exit_code(JOB_2411["exit_code"]) == "0:0"
+    assert exit_code({"return_code": _n(3), "signal": {"id": _n(9)}}) == "3:9"
+    assert exit_code({"return_code": _n(0, set_=False)}) == ""
+    assert exit_code(None) == ""
+
+
+@pytest.mark.parametrize(("text", "lanes"), [
+    ("gres:qpu:2", 2), ("gres/qpu:1", 1), ("gres/qpu=3", 3), ("qpu(CNT:2)", 2),
+    ("qpu:2(IDX:0-1)", 2), ("gres:qpu:fez:4", 4), ("cpu=1,mem=1G,gres/qpu=2", 2),
+    ("gres:gpu:2", 0), ("", 0), ("(null)", 0),
+])
+def test_gres_qpu(text: str, lanes: int) -> None:
+    assert gres_qpu(text) == lanes
+
+
+def test_parse_licenses_null_and_counts() -> None:
+    assert parse_licenses("(null)") == {}
+    assert parse_licenses("ibm_fez:2,ibm_torino") == {"ibm_fez": 2, "ibm_torino": 1}
+    assert parse_licenses("ibm_fez:x") == {}
+
+
+@pytest.mark.parametrize("job", [JOB_2205, JOB_2411], ids=["22.05", "24.11"])
+def test_record_from_json_any_version(job: dict[str, Any]) -> None:
+    rec = record_from_json(job)
+    assert (rec.job_id, rec.state, rec.user, rec.user_id, rec.account) == (
+        "42", "RUNNING", "alice", 1001, "physics")
+    assert rec.end_time == 1764590000.0
+    assert rec.licenses == ({"ibm_fez": 2} if job is JOB_2205 else {})
+    assert rec.gres_qpu == (0 if job is JOB_2205 else 1)
+
+
+def test_unlimited_end_time_is_none() -> None:
+    rec = record_from_json({**JOB_2411, "end_time": _n(0, infinite=True)})
+    assert rec.end_time == 0.0
+
+
+def test_gres_detail_wins_over_request() -> None:
+    assert gres_lanes({"gres_detail": ["qpu(CNT:2)"], "tres_per_node": "gres/qpu:1"}) == 2
+
+
+@pytest.mark.parametrize(("line", "tres"), [
+    ("TresPerNode=gres:qpu:1", "22.05"), ("TresPerNode=gres/qpu:1", "24.11"),
+])
+def test_record_from_text(line: str, tres: str) -> None:
+    text = (f"JobId=7 JobName=x UserId=alice(1001) GroupId=alice(1001) Account=physics "
+            f"JobState=RUNNING Reason=None ExitCode=0:0 Licenses=(null) {line} "
+            "AdminComment=qpu backend=ibm_fez lanes=1 Comment=x")
+    rec = record_from_text("7", text)
+    assert (rec.user, rec.user_id, rec.account, rec.state, rec.gres_qpu) == (
+        "alice", 1001, "physics", "RUNNING", 1), tres
+    assert rec.licenses == {} and rec.admin_comment == "qpu backend=ibm_fez lanes=1"
+
+
+def _captures(pattern: str) -> list[Path]:
+    return sorted(DATA.glob(pattern)) if DATA.is_dir() else []
+
+
+@pytest.mark.parametrize("path", _captures("*/squeue*.json"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_captured_squeue_json(path: Path) -> None:
+    """Every job of a real squeue --json answer parses to a known state and a job id."""
+    jobs = slurmcli.jobs_of(json.loads(path.read_text()))
+    assert jobs, path
+    for job in jobs:
+        rec = record_from_json(job)
+        assert rec.job_id.isdigit()
+        assert rec.state in slurmcli.LIVE_STATES | slurmcli.FINAL_STATES, rec.state
+        assert rec.user and rec.end_time >= 0
+
+
+@pytest.mark.parametrize("path", _captures("*/scontrol-json*.json"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_captured_scontrol_json(path: Path) -> None:
+    jobs = slurmcli.jobs_of(json.loads(path.read_text()))
+    assert jobs, path
+    for job in jobs:
+        rec = record_from_json(job, "scontrol-json")
+        assert rec.state in slurmcli.LIVE_STATES | slurmcli.FINAL_STATES, rec.state
+        if rec.state in slurmcli.FINAL_STATES:
+            assert ":" in rec.exit_code, rec.exit_code
