@@ -4,14 +4,30 @@ One file describes the centre: where per-job state and audit logs live, which up
 services exist (and which named secret holds each one's credential) and which QPU resources
 users may ask for with ``--q_backend``. Secrets themselves never live here: an upstream names
 a key in the secrets file (see ``qproxy.secrets``), so this file can be world-readable.
+
+``load()`` checks each setting against the type of its dataclass field and the value rule in
+the field's metadata, so a new field is validated with no second place to edit. It reports
+every problem at once (an admin fixing a file should not need one round trip per typo) as
+one ConfigError: always a summary line, then one indented line per problem, also when there
+is only one::
+
+    config /etc/qproxy/qproxy.toml has 2 problems:
+      [proxy].lanes_mode must be "wait" or "refuse", got "queue"
+      [resources.ibm_fez].lanes must be an integer, got "2"
+
+A file that cannot be read or parsed is a one-line ConfigError (``cannot read config ...``,
+``config ... is not valid TOML: ...``): there is nothing more to report.
 """
 
 from __future__ import annotations
 
+import json
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar, get_type_hints
+from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_PATH = Path("/etc/qproxy/qproxy.toml")
 
@@ -20,41 +36,70 @@ class ConfigError(ValueError):
     """The admin configuration is missing, unreadable or inconsistent."""
 
 
+# A hand-written validator, not pydantic or jsonschema: the prolog and task-env import this
+# module on every QPU job's start and the proxy must stay light, and the schema is a few flat
+# tables whose types the dataclasses below already state.
+class _Rule(NamedTuple):
+    need: str  # completes "... must be {need}"
+    ok: Callable[[Any], bool]
+
+
+def _rule(need: str, ok: Callable[[Any], bool]) -> dict[str, _Rule]:
+    """Field metadata: the value check load() applies once the value has the right type."""
+    return {"rule": _Rule(need, ok)}
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+_POSITIVE = _rule("> 0", lambda v: v > 0)
+_NOT_NEGATIVE = _rule(">= 0", lambda v: v >= 0)
+_NON_EMPTY = _rule("non-empty", bool)
+_HTTP_URL = _rule("an http:// or https:// URL with a host", _is_http_url)
+
+
 @dataclass(frozen=True)
 class ProxySettings:
-    host: str = "127.0.0.1"
+    host: str = field(default="127.0.0.1", metadata=_NON_EMPTY)
     # Largest request body a job may send (bytes); larger ones get 413.
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = field(default=64 * 1024 * 1024, metadata=_POSITIVE)
     # Largest response body relayed to a job (bytes); 0 = no limit (bodies are streamed).
-    max_response_bytes: int = 0
+    max_response_bytes: int = field(default=0, metadata=_NOT_NEGATIVE)
     # Lifetime of the JWTs the proxy mints for the job.
-    token_ttl_seconds: int = 3600
+    token_ttl_seconds: int = field(default=3600, metadata=_POSITIVE)
     # "wait": extra submissions beyond the lane count wait in the proxy; "refuse": 429.
-    lanes_mode: str = "wait"
+    lanes_mode: str = field(
+        default="wait", metadata=_rule('"wait" or "refuse"', lambda v: v in ("wait", "refuse"))
+    )
     # How long a waiting submission may wait for a lane before 429 (seconds).
-    lanes_wait_seconds: float = 600.0
+    lanes_wait_seconds: float = field(default=600.0, metadata=_NOT_NEGATIVE)
     # Seconds task-env waits for the job's proxy to become ready (at most 45 s: see taskenv).
-    start_timeout_seconds: float = 20.0
+    start_timeout_seconds: float = field(default=20.0, metadata=_POSITIVE)
     # How often the proxy polls upstream for the status of this job's active jobs (lanes).
-    status_poll_seconds: float = 1.0
+    status_poll_seconds: float = field(default=1.0, metadata=_POSITIVE)
     # Idle proxies each node keeps started ahead of its next QPU job (0 = none): the job's
     # proxy then serves ~200 ms sooner (see qproxy/spare.py). Each costs ~50 MB while idle.
-    spares: int = 1
+    spares: int = field(default=1, metadata=_NOT_NEGATIVE)
     # A spare nobody claimed exits after this long (seconds).
-    spare_idle_seconds: float = 600.0
+    spare_idle_seconds: float = field(default=600.0, metadata=_POSITIVE)
 
 
 @dataclass(frozen=True)
 class Upstream:
     name: str
     # Runtime API base, e.g. https://quantum.cloud.ibm.com/api/v1 or http://127.0.0.1:8290/api/v1
-    url: str
+    url: str = field(metadata=_HTTP_URL)
     # IAM base (token endpoint is {iam_url}/identity/token), e.g. https://iam.cloud.ibm.com
-    iam_url: str
+    iam_url: str = field(metadata=_HTTP_URL)
     # Instance CRN sent upstream as Service-CRN.
-    instance: str
+    instance: str = field(metadata=_NON_EMPTY)
     # Name of the entry in the secrets file holding this upstream's API key.
-    api_key_secret: str
+    api_key_secret: str = field(metadata=_NON_EMPTY)
     # IBM-API-Version header to send upstream when the client did not send one.
     api_version: str = "2025-05-01"
     verify_tls: bool = True
@@ -65,24 +110,32 @@ class Resource:
     """A QPU users may request: ``--q_backend=<name>``."""
 
     name: str
+    # Must name an [upstreams.*] table (load() checks).
     upstream: str
     # Backend name upstream (a centre may expose ibm_fez under a local name).
-    backend: str
+    backend: str = field(metadata=_NON_EMPTY)
     # Execution lanes of this device (the GRES count / licence count per device).
-    lanes: int = 1
+    lanes: int = field(default=1, metadata=_rule(">= 1", lambda v: v >= 1))
     # Empty tuples mean "everyone".
     allowed_users: tuple[str, ...] = ()
     allowed_accounts: tuple[str, ...] = ()
+
+
+def _paths_key(default: str) -> dict[str, str]:
+    """Field metadata: a Config path read from ``[paths]``, with its default there."""
+    return {"paths_default": default}
 
 
 @dataclass(frozen=True)
 class Config:
     path: Path
     proxy: ProxySettings
-    state_dir: Path
-    audit_dir: Path
-    secrets_file: Path
-    secrets_key_file: Path
+    # From [paths]; relative ones are relative to the config file's directory. (No dataclass
+    # defaults: the defaults below are what load() uses when [paths] omits a key.)
+    state_dir: Path = field(metadata=_paths_key("/run/qproxy"))
+    audit_dir: Path = field(metadata=_paths_key("/var/log/qproxy"))
+    secrets_file: Path = field(metadata=_paths_key("/etc/qproxy/secrets.toml"))
+    secrets_key_file: Path = field(metadata=_paths_key("/etc/qproxy/secrets.key"))
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     resources: dict[str, Resource] = field(default_factory=dict)
 
@@ -97,30 +150,127 @@ class Config:
         return self.upstreams[resource.upstream]
 
 
-def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{key}] must be a table")
-    return value
+# ---------------------------------------------------------------------------- validation
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # TOML true is no lane count
 
 
-def _build(cls: type, where: str, values: dict[str, Any], **extra: Any) -> Any:
-    try:
-        return cls(**extra, **values)
-    except TypeError as exc:  # unknown or missing keys
-        raise ConfigError(f"{where}: {exc}") from None
+class _Kind(NamedTuple):
+    need: str  # completes "... must be {need}"
+    accepts: Callable[[Any], bool]
+    convert: Callable[[Any], Any]
 
 
-def _str_tuple(where: str, values: dict[str, Any], key: str) -> None:
-    if key in values:
-        items = values[key]
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(f"{where}.{key} must be a list of strings")
-        values[key] = tuple(items)
+# Each field type the dataclasses use, as TOML spells it. A field of another type is a
+# programming error: _specs() raises KeyError (the unit tests load a config).
+_KINDS: dict[object, _Kind] = {
+    int: _Kind("an integer", _is_int, int),
+    float: _Kind("a number", lambda v: _is_int(v) or isinstance(v, float), float),
+    str: _Kind("a string", lambda v: isinstance(v, str), str),
+    bool: _Kind("true or false", lambda v: isinstance(v, bool), bool),
+    tuple[str, ...]: _Kind(
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+        tuple,
+    ),
+    Path: _Kind("a string (a path)", lambda v: isinstance(v, str), Path),
+}
+
+_TABLES = ("paths", "proxy", "upstreams", "resources")
+
+
+class _Spec(NamedTuple):
+    name: str
+    kind: _Kind
+    required: bool
+    rule: _Rule | None
+
+
+def _specs(cls: type) -> tuple[_Spec, ...]:
+    """The settings of a table whose keys are the fields of dataclass ``cls``."""
+    hints = get_type_hints(cls)
+    return tuple(
+        _Spec(
+            f.name,
+            _KINDS[hints[f.name]],
+            f.default is MISSING and f.default_factory is MISSING,
+            f.metadata.get("rule"),
+        )
+        for f in fields(cls)
+    )
+
+
+def _path_specs() -> tuple[_Spec, ...]:
+    hints = get_type_hints(Config)
+    return tuple(
+        _Spec(f.name, _KINDS[hints[f.name]], False, None)
+        for f in fields(Config)
+        if "paths_default" in f.metadata
+    )
+
+
+def _show(value: Any) -> str:
+    """A TOML value roughly as the admin wrote it: strings quoted, booleans in lower case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(i) for i in value) + "]"
+    return str(value)
+
+
+def _table(where: str, value: Any, problems: list[str]) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        return value
+    problems.append(f"{where} must be a table")
+    return None
+
+
+def _read(
+    where: str, table: Mapping[str, Any], specs: tuple[_Spec, ...], problems: list[str]
+) -> dict[str, Any]:
+    """The valid, converted settings of ``table``; a problem line for each one that is not."""
+    known = {s.name: s for s in specs}
+    for key in table:
+        if key not in known:
+            names = ", ".join(known)
+            problems.append(f"{where}.{key} is not a known setting (known: {names})")
+    values: dict[str, Any] = {}
+    for spec in specs:
+        if spec.name not in table:
+            if spec.required:
+                problems.append(f"{where}.{spec.name} is required")
+            continue
+        raw = table[spec.name]
+        if not spec.kind.accepts(raw):
+            problems.append(f"{where}.{spec.name} must be {spec.kind.need}, got {_show(raw)}")
+        elif spec.rule is not None and not spec.rule.ok(raw):
+            problems.append(f"{where}.{spec.name} must be {spec.rule.need}, got {_show(raw)}")
+        else:
+            values[spec.name] = spec.kind.convert(raw)
+    return values
+
+
+_T = TypeVar("_T")
+
+
+def _build(cls: type[_T], where: str, value: Any, problems: list[str], **fixed: Any) -> _T | None:
+    """An instance of ``cls`` from its TOML table (``fixed``: fields not read from it, the
+    table's name), or None after recording why not."""
+    table = _table(where, value, problems)
+    if table is None:
+        return None
+    before = len(problems)
+    specs = tuple(s for s in _specs(cls) if s.name not in fixed)
+    values = _read(where, table, specs, problems)
+    return cls(**fixed, **values) if len(problems) == before else None
 
 
 def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
-    """Read and validate the admin config; raise ConfigError with a one-line reason."""
+    """Read and validate the admin config; raise one ConfigError listing every problem."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -130,43 +280,45 @@ def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
 
-    base = path.parent
-    proxy = _build(ProxySettings, "[proxy]", dict(_table(data, "proxy")))
-    if proxy.lanes_mode not in ("wait", "refuse"):
-        raise ConfigError("[proxy].lanes_mode must be 'wait' or 'refuse'")
-    if proxy.spares < 0 or proxy.spare_idle_seconds <= 0:
-        raise ConfigError("[proxy].spares must be >= 0 and spare_idle_seconds > 0")
+    problems: list[str] = []
+    for key in data:
+        if key not in _TABLES:
+            problems.append(f"[{key}] is not a known table (known: {', '.join(_TABLES)})")
 
-    paths = _table(data, "paths")
+    def section(key: str) -> dict[str, Any]:
+        return _table(f"[{key}]", data.get(key, {}), problems) or {}
 
-    def _path(key: str, default: str) -> Path:
-        p = Path(paths.get(key, default))
-        return p if p.is_absolute() else (base / p)
+    given = _read("[paths]", section("paths"), _path_specs(), problems)
+    paths: dict[str, Path] = {}
+    for f in fields(Config):
+        if "paths_default" in f.metadata:
+            p = given.get(f.name, Path(f.metadata["paths_default"]))
+            paths[f.name] = p if p.is_absolute() else path.parent / p
 
+    proxy = _build(ProxySettings, "[proxy]", section("proxy"), problems)
+
+    upstream_tables = section("upstreams")
     upstreams: dict[str, Upstream] = {}
-    for name, values in _table(data, "upstreams").items():
-        upstreams[name] = _build(Upstream, f"[upstreams.{name}]", dict(values), name=name)
+    for name, value in upstream_tables.items():
+        if (up := _build(Upstream, f"[upstreams.{name}]", value, problems, name=name)) is not None:
+            upstreams[name] = up
 
     resources: dict[str, Resource] = {}
-    for name, values in _table(data, "resources").items():
+    for name, value in section("resources").items():
         where = f"[resources.{name}]"
-        values = dict(values)
-        _str_tuple(where, values, "allowed_users")
-        _str_tuple(where, values, "allowed_accounts")
-        res = _build(Resource, where, values, name=name)
-        if res.upstream not in upstreams:
-            raise ConfigError(f"{where}: upstream {res.upstream!r} is not defined")
-        if res.lanes < 1:
-            raise ConfigError(f"{where}: lanes must be >= 1")
-        resources[name] = res
+        if (res := _build(Resource, where, value, problems, name=name)) is not None:
+            resources[name] = res
+        # Checked on the raw table so it is reported along with the table's other problems;
+        # an [upstreams.*] table that is itself invalid still counts as defined here.
+        upstream = value.get("upstream") if isinstance(value, dict) else None
+        if isinstance(upstream, str) and upstream not in upstream_tables:
+            defined = ", ".join(upstream_tables) or "none"
+            problems.append(
+                f"{where}.upstream {_show(upstream)} is not defined in [upstreams]"
+                f" (defined: {defined})"
+            )
 
-    return Config(
-        path=path,
-        proxy=proxy,
-        state_dir=_path("state_dir", "/run/qproxy"),
-        audit_dir=_path("audit_dir", "/var/log/qproxy"),
-        secrets_file=_path("secrets_file", "/etc/qproxy/secrets.toml"),
-        secrets_key_file=_path("secrets_key_file", "/etc/qproxy/secrets.key"),
-        upstreams=upstreams,
-        resources=resources,
-    )
+    if problems or proxy is None:
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        raise ConfigError("\n  ".join([f"config {path} has {count}:", *problems]))
+    return Config(path=path, proxy=proxy, upstreams=upstreams, resources=resources, **paths)
