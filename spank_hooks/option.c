@@ -29,14 +29,14 @@ static int cb(int val, const char *optarg, int remote)
 {
     (void)val;
     if (!qpu_backend_valid(optarg)) {
-        slurm_error("--q_backend: invalid QPU backend name '%s' (expected a name like "
-                    "ibm_fez: letters, digits, '_', '-', '.', at most %d characters)",
-                    optarg ? optarg : "", QPU_BACKEND_MAX);
+        qpu_error("--q_backend: invalid QPU backend name '%s' (expected a name like "
+                  "ibm_fez: letters, digits, '_', '-', '.', at most %d characters)",
+                  optarg ? optarg : "", QPU_BACKEND_MAX);
         return -1;
     }
     if (backend[0] && strcmp(backend, optarg) != 0 && !remote) {
-        slurm_error("--q_backend given twice with different values ('%s', '%s')", backend,
-                    optarg);
+        qpu_error("--q_backend given twice with different values ('%s', '%s')", backend,
+                  optarg);
         return -1;
     }
     snprintf(backend, sizeof(backend), "%s", optarg);
@@ -54,8 +54,7 @@ int qpu_option_register(spank_t sp)
     for (size_t i = 0; i < sizeof(options) / sizeof(options[0]); i++) {
         spank_err_t rc = spank_option_register(sp, &options[i]);
         if (rc != ESPANK_SUCCESS) {
-            slurm_error("spank_qpu: cannot register --%s: %s", options[i].name,
-                        spank_strerror(rc));
+            qpu_error("cannot register --%s: %s", options[i].name, spank_strerror(rc));
             return -1;
         }
     }

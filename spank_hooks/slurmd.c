@@ -1,6 +1,7 @@
 /*
- * Job prolog and epilog (root, on each node of the allocation; with PrologFlags=Alloc the
- * prolog runs at allocation time for sbatch, salloc and srun alike).
+ * Job prolog and epilog: the job-script context that slurmd runs (root, on each node of the
+ * allocation; with PrologFlags=Alloc the prolog runs at allocation time for sbatch, salloc
+ * and srun alike).
  * Both ALWAYS return 0: a failing job_prolog drains the node and requeues+holds a batch
  * job, a failing job_epilog drains the node. The Python prolog records any error in the
  * job's state directory; the task init then fails the job with that message.
@@ -25,7 +26,7 @@ static int job_ids(spank_t sp, char *jobid, size_t jlen, char *uid, size_t ulen)
     return 0;
 }
 
-int qpu_job_prolog(spank_t sp, const struct qpu_args *args)
+int qpu_slurmd_job_prolog(spank_t sp, const struct qpu_config *cfg)
 {
     char backend[QPU_BACKEND_MAX + 1], jobid[16], uid[16], out[1024];
     int rc = qpu_option_backend(sp, backend, sizeof(backend));
@@ -33,23 +34,23 @@ int qpu_job_prolog(spank_t sp, const struct qpu_args *args)
     if (rc == 0)
         return 0; /* not a QPU job */
     if (job_ids(sp, jobid, sizeof(jobid), uid, sizeof(uid)) != 0) {
-        slurm_error("spank_qpu: prolog: cannot read job id/uid");
+        qpu_error("prolog: cannot read job id/uid");
         return 0;
     }
     if (rc < 0)
         snprintf(backend, sizeof(backend), "%s", "-invalid-");
     {
-        char *argv[] = {(char *)args->qproxy, "hook", "prolog", "--config",
-                        (char *)args->config, "--job-id", jobid, "--uid", uid,
+        char *argv[] = {(char *)cfg->qproxy, "hook", "prolog", "--config",
+                        (char *)cfg->config, "--job-id", jobid, "--uid", uid,
                         "--backend", backend, NULL};
         rc = qpu_run(argv, out, sizeof(out), 300);
     }
     if (rc != 0)
-        slurm_error("spank_qpu: job %s: `qproxy hook prolog` exited %d", jobid, rc);
+        qpu_error("job %s: `qproxy hook prolog` exited %d", jobid, rc);
     return 0;
 }
 
-int qpu_job_epilog(spank_t sp, const struct qpu_args *args)
+int qpu_slurmd_job_epilog(spank_t sp, const struct qpu_config *cfg)
 {
     char backend[QPU_BACKEND_MAX + 1], jobid[16], out[1024];
     int rc = qpu_option_backend(sp, backend, sizeof(backend));
@@ -57,15 +58,15 @@ int qpu_job_epilog(spank_t sp, const struct qpu_args *args)
     if (rc == 0)
         return 0;
     if (job_ids(sp, jobid, sizeof(jobid), NULL, 0) != 0) {
-        slurm_error("spank_qpu: epilog: cannot read job id");
+        qpu_error("epilog: cannot read job id");
         return 0;
     }
     {
-        char *argv[] = {(char *)args->qproxy, "hook", "epilog", "--config",
-                        (char *)args->config, "--job-id", jobid, NULL};
+        char *argv[] = {(char *)cfg->qproxy, "hook", "epilog", "--config",
+                        (char *)cfg->config, "--job-id", jobid, NULL};
         rc = qpu_run(argv, out, sizeof(out), 300);
     }
     if (rc != 0)
-        slurm_error("spank_qpu: job %s: `qproxy hook epilog` exited %d", jobid, rc);
+        qpu_error("job %s: `qproxy hook epilog` exited %d", jobid, rc);
     return 0;
 }

@@ -25,7 +25,7 @@ static int valid_name(const char *s)
     return 1;
 }
 
-int qpu_task_init(spank_t sp, const struct qpu_args *args)
+int qpu_slurmstepd_task_init(spank_t sp, const struct qpu_config *cfg)
 {
     char backend[QPU_BACKEND_MAX + 1], jobid[16], out[8192];
     uint32_t id = 0;
@@ -35,20 +35,20 @@ int qpu_task_init(spank_t sp, const struct qpu_args *args)
     if (rc == 0)
         return 0; /* not a QPU job */
     if (spank_get_item(sp, S_JOB_ID, &id) != ESPANK_SUCCESS) {
-        slurm_error("qpu: cannot read the job id");
+        qpu_error("cannot read the job id");
         return -1;
     }
     snprintf(jobid, sizeof(jobid), "%u", id);
     {
-        char *argv[] = {(char *)args->qproxy, "hook", "task-env", "--config",
-                        (char *)args->config, "--job-id", jobid, NULL};
+        char *argv[] = {(char *)cfg->qproxy, "hook", "task-env", "--config",
+                        (char *)cfg->config, "--job-id", jobid, NULL};
         rc = qpu_run(argv, out, sizeof(out), 60);
     }
     if (rc != 0) {
         char *nl = strchr(out, '\n');
         if (nl)
             *nl = '\0';
-        slurm_error("qpu: %s", out[0] ? out : "the QPU proxy for this job is not available");
+        qpu_error("%s", out[0] ? out : "the QPU proxy for this job is not available");
         return -1;
     }
     for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -59,7 +59,7 @@ int qpu_task_init(spank_t sp, const struct qpu_args *args)
         if (!valid_name(line))
             continue;
         if (spank_setenv(sp, line, eq + 1, 1) != ESPANK_SUCCESS) {
-            slurm_error("qpu: cannot set %s in the task environment", line);
+            qpu_error("cannot set %s in the task environment", line);
             return -1;
         }
     }
