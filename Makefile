@@ -11,11 +11,13 @@ plugin:
 	$(MAKE) -C spank_hooks
 
 # Local single-node Slurm + emulator, then the three user flows in examples/ (needs root).
-demo: install plugin
+demo: install
 	scripts/demo
 
+# Every test on the host's Slurm (22.05), then tests/slurm + tests/slurm_mode on Debian
+# trixie's 24.11 and sid's 26.05 (chroots + network namespaces): scripts/test.
 test: install
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) scripts/test
 
 # What runs anywhere, in seconds: no emulator process, no Slurm daemons.
 test-unit: install

@@ -45,17 +45,19 @@ _JSON_KINDS: dict[str, tuple[type, ...]] = {
 
 @dataclass(frozen=True)
 class ProxyRecord:
-    """The job's connection record: which proxy serves the job and what it was given."""
+    """The job's connection record: which proxy serves the job and what it was given. Only
+    the job and the proxy's pid are required: a record from an older qproxy, or one the
+    prolog wrote before it failed, must still let the epilog and the reaper stop the proxy."""
 
     job_id: str
-    user: str
-    uid: int
-    resource: str
-    upstream_backend: str
-    lanes: int
     pid: int
-    env_file: str
-    started: float
+    user: str = ""
+    uid: int = -1
+    resource: str = ""
+    upstream_backend: str = ""
+    lanes: int = 0
+    env_file: str = ""
+    started: float = 0.0
     account: str = ""
     spare: str | None = None  # the spare process that took the job, if one did
 

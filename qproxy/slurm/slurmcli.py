@@ -104,6 +104,8 @@ def exit_code(value: Any) -> str:
             else ""
     if isinstance(value, bool) or value is None:
         return ""
+    if isinstance(value, int):  # 22.05's squeue --json: the return code alone
+        return f"{value}:0"
     return str(value)
 
 
@@ -177,7 +179,7 @@ def record_from_text(job_id: str, line: str) -> JobRecord:
         state=state_word(f.get("JobState")),
         user=uid.group(1) if uid else "",
         user_id=int(uid.group(2)) if uid else None,
-        account=f.get("Account", ""),
+        account="" if f.get("Account") == "(null)" else f.get("Account", ""),
         reason=f.get("Reason", ""),
         exit_code=f.get("ExitCode", ""),
         licenses=parse_licenses(f.get("Licenses", "")),

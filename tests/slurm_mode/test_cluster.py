@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from qproxy.emulator.reader import EmulatorReader
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, slurm_exec
 
 pytestmark = pytest.mark.slurm
 
@@ -71,7 +71,7 @@ def _run(cluster: Cluster, wd: Path, body: str, timeout: float = 300) -> dict[st
 
 
 def _squeue(cluster: Cluster) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=cluster.env,
+    out = subprocess.run([*slurm_exec(), "squeue", "-h", "-o", "%i %j %T"], env=cluster.env,
                          capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if line.strip()]
 
@@ -170,7 +170,7 @@ def test_cancel_mid_run(qpu_cluster: Cluster, cluster_upstream: EmulatorReader) 
     """)
     env = dict(qpu_cluster.env, **_user_env(qpu_cluster, wd))
     proc = subprocess.Popen(
-        ["runuser", "-u", qpu_cluster.user, "--", "env", "-i",
+        [*slurm_exec(qpu_cluster.user), "env", "-i",
          *[f"{k}={v}" for k, v in env.items()], PY, str(script)],
         cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

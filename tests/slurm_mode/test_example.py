@@ -39,8 +39,9 @@ def test_vqe_both_modes_agree(qpu_cluster: Cluster) -> None:
         energies[mode] = float(m.group(1))
         exact = float(m.group(2))
     # the gres job held a QPU lane; the slurm-mode job held none (its primitive jobs did)
-    assert "TresPerNode=gres:qpu:1" in " ".join(f"{k}={v}" for k, v in qpu_cluster.show_job(
-        ids["gres"]).items())
+    # 22.05 prints gres:qpu:1, 24.11+ gres/qpu:1
+    assert re.search(r"TresPerNode=gres[:/]qpu:1", " ".join(
+        f"{k}={v}" for k, v in qpu_cluster.show_job(ids["gres"]).items()))
     assert "qpu" not in qpu_cluster.show_job(ids["slurm"]).get("TresPerNode", "")
     assert abs(energies["gres"] - energies["slurm"]) < 0.25, energies
     for e in energies.values():

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = Path(os.environ.get("QPROXY_CLUSTER_DIR", REPO / ".state" / "cluster")).resolve()
+# Which Slurm (scripts/cluster --slurm): the host's, or a Debian release's in a chroot + netns;
+# then the tests themselves run inside that netns (scripts/test does that) and every Slurm
+# command goes through `scripts/slurmroot exec` (a 22.05 client cannot talk to a 24.11 ctld).
+SUITE = os.environ.get("QPROXY_CLUSTER_SLURM", "host")
+STATE = Path(os.environ.get("QPROXY_CLUSTER_DIR", REPO / ".state" / (
+    "cluster" if SUITE == "host" else f"cluster-{SUITE}"))).resolve()
 USER = os.environ.get("QPROXY_CLUSTER_USER", "qpuuser")
 EMULATOR_URL = f"http://127.0.0.1:{os.environ.get('QPROXY_CLUSTER_EMULATOR_PORT', '8290')}"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
@@ -30,6 +35,14 @@ def cluster_env(**extra: str) -> dict[str, str]:
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": f"/home/{USER}", "LANG": "C.UTF-8", **extra,
     }
+
+
+def slurm_exec(user: str | None = None) -> list[str]:
+    """Prefix that runs a command where this cluster's Slurm lives (as ``user`` if given)."""
+    if SUITE == "host":
+        return ["runuser", "-u", user, "--"] if user else []
+    return [sys.executable, str(REPO / "scripts" / "slurmroot"), "exec", SUITE,
+            *(["--user", user] if user else []), "--"]
 
 
 def cluster_cmd(*args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
@@ -93,7 +106,7 @@ class Cluster:
         full_env = dict(self.env, **(env or {}))
         envargs = [f"{k}={v}" for k, v in full_env.items()]
         return subprocess.run(
-            ["runuser", "-u", self.user, "--", "env", "-i", *envargs, *cmd],
+            [*slurm_exec(self.user), "env", "-i", *envargs, *cmd],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -125,7 +138,7 @@ class Cluster:
 
     def show_job(self, job_id: str) -> dict[str, str]:
         out = subprocess.run(
-            ["scontrol", "-o", "show", "job", job_id],
+            [*slurm_exec(), "scontrol", "-o", "show", "job", job_id],
             env=self.env,
             capture_output=True,
             text=True,
@@ -170,7 +183,7 @@ class Cluster:
         deadline = time.monotonic() + settle
         while True:
             state = subprocess.run(
-                ["sinfo", "-h", "-N", "-o", "%T"],
+                [*slurm_exec(), "sinfo", "-h", "-N", "-o", "%T"],
                 env=self.env,
                 capture_output=True,
                 text=True,

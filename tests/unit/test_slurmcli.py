@@ -116,30 +116,61 @@ def test_record_from_text(line: str, tres: str) -> None:
     assert rec.licenses == {} and rec.admin_comment == "qpu backend=ibm_fez lanes=1"
 
 
-def _captures(pattern: str) -> list[Path]:
-    return sorted(DATA.glob(pattern)) if DATA.is_dir() else []
+VERSIONS = sorted(p.name for p in DATA.iterdir() if p.is_dir()) if DATA.is_dir() else []
+# What each captured job is (tests/data/slurm/capture): its state, QPU GRES and licences.
+EXPECTED = {
+    "running-gres": ("RUNNING", 1, {}),
+    "running-lic": ("RUNNING", 0, {"ibm_fez": 1}),
+    "finished-qpu": (None, 1, {}),  # COMPLETED on 22.05; FAILED where the old prolog broke
+    "finished-plain": ("COMPLETED", 0, {}),
+}
 
 
-@pytest.mark.parametrize("path", _captures("*/squeue*.json"),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_captured_squeue_json(path: Path) -> None:
-    """Every job of a real squeue --json answer parses to a known state and a job id."""
-    jobs = slurmcli.jobs_of(json.loads(path.read_text()))
-    assert jobs, path
-    for job in jobs:
-        rec = record_from_json(job)
-        assert rec.job_id.isdigit()
-        assert rec.state in slurmcli.LIVE_STATES | slurmcli.FINAL_STATES, rec.state
-        assert rec.user and rec.end_time >= 0
+def _job_ids(version: str) -> dict[str, str]:
+    """``# jobs: plain=7 finished-qpu=8 ...`` from the capture's commands.txt."""
+    head = (DATA / version / "commands.txt").read_text().splitlines()[0]
+    ids = dict(item.split("=") for item in head.removeprefix("# jobs:").split())
+    return {("finished-plain" if k == "plain" else k): v for k, v in ids.items()}
 
 
-@pytest.mark.parametrize("path", _captures("*/scontrol-json*.json"),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_captured_scontrol_json(path: Path) -> None:
-    jobs = slurmcli.jobs_of(json.loads(path.read_text()))
-    assert jobs, path
-    for job in jobs:
-        rec = record_from_json(job, "scontrol-json")
-        assert rec.state in slurmcli.LIVE_STATES | slurmcli.FINAL_STATES, rec.state
-        if rec.state in slurmcli.FINAL_STATES:
-            assert ":" in rec.exit_code, rec.exit_code
+def test_captures_cover_the_three_majors() -> None:
+    assert {v.rsplit(".", 1)[0] for v in VERSIONS} >= {"22.05", "24.11", "26.05"}, VERSIONS
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_captured_job(version: str, kind: str) -> None:
+    """Each real capture parses to the job it was: from squeue --json --states all, from
+    scontrol --json where the version has it, and from scontrol -o text."""
+    d = DATA / version
+    job_id = _job_ids(version)[kind]
+    state, gres, licenses = EXPECTED[kind]
+    sources = [json.loads((d / f"squeue-json-states-all-jobs-{kind}.json").read_text())]
+    scontrol_json = (d / f"scontrol-json-show-job-{kind}.json").read_text()
+    if version.startswith("22.05"):
+        assert not scontrol_json.strip(), "22.05 has no scontrol --json"
+    else:
+        sources.append(json.loads(scontrol_json))
+    recs = [record_from_json(j) for doc in sources for j in slurmcli.jobs_of(doc)
+            if str(j.get("job_id")) == job_id]
+    line = (d / f"scontrol-o-show-job-{kind}.txt").read_text().splitlines()[0]
+    recs.append(record_from_text(job_id, line))
+    assert len(recs) == len(sources) + 1
+    for rec in recs:
+        assert rec.state == state if state else rec.state in slurmcli.FINAL_STATES, rec
+        assert (rec.user, rec.user_id) == ("qpuuser", 1001), rec
+        assert rec.account == ""
+        assert (rec.gres_qpu, rec.licenses) == (gres, licenses), (rec.source, rec)
+        assert rec.exit_code.count(":") == 1, rec.exit_code
+        if rec.source == "json":
+            assert rec.end_time > 1.7e9
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_finished_jobs_need_states_all_from_24_11(version: str) -> None:
+    """Why live_job_ids/job_info only ever look for live jobs: 24.11+ leave finished jobs
+    out of ``squeue --json --jobs N`` unless ``--states all`` is given (22.05 lists all)."""
+    job_id = _job_ids(version)["finished-plain"]
+    doc = json.loads((DATA / version / "squeue-json-jobs-finished-plain.json").read_text())
+    listed = [j for j in slurmcli.jobs_of(doc) if str(j.get("job_id")) == job_id]
+    assert bool(listed) == version.startswith("22.05")
