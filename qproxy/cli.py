@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("qproxy.proxy.main", "run one Slurm job's authenticating proxy"),
     "audit": ("qproxy.admin.audit", "inspect and verify per-job audit logs"),
     "secrets": ("qproxy.admin.secrets", "manage the admin's vendor secrets (encrypted at rest)"),
+    "doctor": ("qproxy.admin.doctor", "check this node's config, secrets and SPANK plugin build"),
     "hook": ("qproxy.slurm.hookcli", "Slurm hook entry points (prolog, task-env, epilog, reap)"),
 }
 

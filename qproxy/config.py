@@ -57,6 +57,13 @@ def _is_http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def _upstream_kinds() -> frozenset[str]:
+    """Owned by the upstream seam's table (a dict of strings: nothing heavy is imported)."""
+    from qproxy.proxy.upstream import KINDS
+
+    return frozenset(KINDS)
+
+
 _POSITIVE = _rule("> 0", lambda v: v > 0)
 _NOT_NEGATIVE = _rule(">= 0", lambda v: v >= 0)
 _NON_EMPTY = _rule("non-empty", bool)
@@ -90,7 +97,7 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
-class Upstream:
+class UpstreamSettings:
     name: str
     # Runtime API base, e.g. https://quantum.cloud.ibm.com/api/v1 or http://127.0.0.1:8290/api/v1
     url: str = field(metadata=_HTTP_URL)
@@ -103,6 +110,10 @@ class Upstream:
     # IBM-API-Version header to send upstream when the client did not send one.
     api_version: str = "2025-05-01"
     verify_tls: bool = True
+    # Which vendor's API this upstream speaks: a key of qproxy.proxy.upstream.KINDS.
+    kind: str = field(default="ibm-runtime", metadata=_rule(
+        "a known upstream kind (" + ", ".join(sorted(_upstream_kinds())) + ")",
+        lambda v: v in _upstream_kinds()))
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ class Config:
     audit_dir: Path = field(metadata=_paths_key("/var/log/qproxy"))
     secrets_file: Path = field(metadata=_paths_key("/etc/qproxy/secrets.toml"))
     secrets_key_file: Path = field(metadata=_paths_key("/etc/qproxy/secrets.key"))
-    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     resources: dict[str, Resource] = field(default_factory=dict)
 
     def resource(self, name: str) -> Resource:
@@ -146,7 +157,7 @@ class Config:
             known = ", ".join(sorted(self.resources)) or "none configured"
             raise ConfigError(f"unknown QPU backend {name!r} (known: {known})") from None
 
-    def upstream_for(self, resource: Resource) -> Upstream:
+    def upstream_for(self, resource: Resource) -> UpstreamSettings:
         return self.upstreams[resource.upstream]
 
 
@@ -298,9 +309,10 @@ def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
     proxy = _build(ProxySettings, "[proxy]", section("proxy"), problems)
 
     upstream_tables = section("upstreams")
-    upstreams: dict[str, Upstream] = {}
+    upstreams: dict[str, UpstreamSettings] = {}
     for name, value in upstream_tables.items():
-        if (up := _build(Upstream, f"[upstreams.{name}]", value, problems, name=name)) is not None:
+        up = _build(UpstreamSettings, f"[upstreams.{name}]", value, problems, name=name)
+        if up is not None:
             upstreams[name] = up
 
     resources: dict[str, Resource] = {}

@@ -1,1 +1,2 @@
-"""Commands for the admins who run qproxy: ``qproxy audit``, ``qproxy secrets``."""
+"""Commands for the admins who run qproxy: ``qproxy audit``, ``qproxy secrets``,
+``qproxy doctor``."""

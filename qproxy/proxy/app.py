@@ -21,7 +21,7 @@ from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.routes import iam
 from qproxy.proxy.routes import runtime as rt
 from qproxy.proxy.routes.errors import TRACE, error_response
-from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+from qproxy.proxy.upstream.base import UpstreamError
 from qproxy.runtime_api import API_PREFIXES, IAM_TOKEN_PATH
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -20,7 +20,7 @@ from qproxy.config import Config
 from qproxy.runtime_api import is_final, job_status
 
 if TYPE_CHECKING:  # aiohttp is imported only when there is upstream work to clean up
-    from qproxy.proxy.upstream.ibm_runtime import IBMRuntimeUpstream
+    from qproxy.proxy.upstream.base import Upstream
 
 
 class Ledger:
@@ -57,8 +57,8 @@ def read_ledger(path: Path) -> tuple[list[str], list[str]]:
     return jobs, sessions
 
 
-async def _one_job(client: IBMRuntimeUpstream, job_id: str) -> tuple[bool, float]:
-    from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+async def _one_job(client: Upstream, job_id: str) -> tuple[bool, float]:
+    from qproxy.proxy.upstream.base import UpstreamError
 
     cancelled = False
     try:
@@ -79,12 +79,12 @@ async def _one_job(client: IBMRuntimeUpstream, job_id: str) -> tuple[bool, float
 
 
 async def cleanup(
-    client: IBMRuntimeUpstream, jobs: Iterable[str], sessions: Iterable[str]
+    client: Upstream, jobs: Iterable[str], sessions: Iterable[str]
 ) -> dict[str, Any]:
     """Cancel active jobs, close sessions, sum quantum seconds."""
     import asyncio
 
-    from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+    from qproxy.proxy.upstream.base import UpstreamError
 
     jobs, sessions = list(jobs), list(sessions)
     results = await asyncio.gather(*(_one_job(client, j) for j in jobs))
@@ -105,7 +105,7 @@ def cleanup_job(config: Config, resource_name: str, ledger_path: str | Path) -> 
     """Standalone epilog cleanup from a ledger file (no proxy needed)."""
     import asyncio
 
-    from qproxy.proxy.upstream.ibm_runtime import IBMRuntimeUpstream
+    from qproxy.proxy.upstream import connect
     from qproxy.secrets import get_secret
 
     resource = config.resource(resource_name)
@@ -113,7 +113,7 @@ def cleanup_job(config: Config, resource_name: str, ledger_path: str | Path) -> 
     jobs, sessions = read_ledger(Path(ledger_path))
 
     async def run() -> dict[str, Any]:
-        client = IBMRuntimeUpstream(upstream, get_secret(config, upstream.api_key_secret))
+        client = connect(upstream, get_secret(config, upstream.api_key_secret))
         try:
             return await cleanup(client, jobs, sessions)
         finally:

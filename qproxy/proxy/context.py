@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from qproxy.config import Config, Resource, Upstream
+from qproxy.config import Config, Resource, UpstreamSettings
 from qproxy.proxy.audit import AuditLog
 from qproxy.proxy.auth import JobAuth
 from qproxy.proxy.cleanup import Ledger
@@ -15,7 +15,7 @@ from qproxy.proxy.policy.backend import BackendPolicy
 from qproxy.proxy.policy.isolation import Ownership
 from qproxy.proxy.policy.lanes import LaneGate
 from qproxy.proxy.policy.timelimit import TimeLimit
-from qproxy.proxy.upstream.ibm_runtime import IBMRuntimeUpstream
+from qproxy.proxy.upstream.base import Upstream
 
 
 @dataclass
@@ -25,9 +25,9 @@ class JobContext:
     user: str
     account: str | None
     resource: Resource
-    upstream: Upstream
+    upstream: UpstreamSettings
     auth: JobAuth
-    client: IBMRuntimeUpstream
+    client: Upstream
     backend: BackendPolicy
     lanes: LaneGate
     timelimit: TimeLimit

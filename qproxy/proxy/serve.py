@@ -59,7 +59,7 @@ class Prepared:
     """Everything the proxy checks and opens before it announces itself (no aiohttp yet)."""
 
     resource: cfg.Resource
-    upstream: cfg.Upstream
+    upstream: cfg.UpstreamSettings
     lanes: int
     api_key: str
     ledger_path: Path
@@ -99,7 +99,7 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
     from qproxy.proxy.policy.lanes import LaneGate
     from qproxy.proxy.policy.tags import enforced_tags
     from qproxy.proxy.policy.timelimit import TimeLimit
-    from qproxy.proxy.upstream.ibm_runtime import IBMRuntimeUpstream
+    from qproxy.proxy.upstream import connect
 
     prep = prep or prepare(args, conf)
     owned = Ownership()
@@ -115,7 +115,7 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
         resource=prep.resource,
         upstream=prep.upstream,
         auth=JobAuth(token, args.job_id, conf.proxy.token_ttl_seconds),
-        client=IBMRuntimeUpstream(prep.upstream, prep.api_key),
+        client=connect(prep.upstream, prep.api_key),
         backend=BackendPolicy(prep.resource.name, prep.resource.backend),
         lanes=LaneGate(prep.lanes, conf.proxy.lanes_mode, conf.proxy.lanes_wait_seconds),
         timelimit=TimeLimit(args.end_time),
@@ -131,7 +131,7 @@ async def poll_status(ctx: JobContext) -> None:
     import asyncio
 
     from qproxy.proxy.routes.runtime import update_status
-    from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+    from qproxy.proxy.upstream.base import UpstreamError
 
     while True:
         await asyncio.sleep(ctx.config.proxy.status_poll_seconds)
@@ -148,7 +148,7 @@ async def poll_status(ctx: JobContext) -> None:
 
 async def warm_up(ctx: JobContext) -> None:
     """The upstream IAM exchange, off the readiness path (requests wait on the same lock)."""
-    from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+    from qproxy.proxy.upstream.base import UpstreamError
 
     try:
         await ctx.client.token()
@@ -239,7 +239,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
 
     from qproxy.proxy.app import create_app
     from qproxy.proxy.cleanup import cleanup
-    from qproxy.proxy.upstream.ibm_runtime import UpstreamError
+    from qproxy.proxy.upstream.base import UpstreamError
 
     ctx = build_context(args, conf, token, prep)
     stop = asyncio.Event()

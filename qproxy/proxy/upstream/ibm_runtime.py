@@ -13,23 +13,24 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
-from qproxy.config import Upstream
+from qproxy.config import UpstreamSettings
 from qproxy.proxy.upstream import jsonx
+from qproxy.proxy.upstream.base import Upstream, UpstreamError
+
+__all__ = ["IBMRuntimeUpstream", "UpstreamError"]
 
 REFRESH_MARGIN = 60.0
 
 
-class UpstreamError(RuntimeError):
-    """The upstream could not be reached or refused our credentials."""
-
-
 class IBMRuntimeUpstream:
-    def __init__(self, upstream: Upstream, api_key: str, timeout: float = 300.0) -> None:
+    """The ``ibm-runtime`` kind: IBM Quantum Platform's Qiskit Runtime REST API."""
+
+    def __init__(self, upstream: UpstreamSettings, api_key: str, timeout: float = 300.0) -> None:
         self.upstream = upstream
         self.base = upstream.url.rstrip("/")
         self._api_key = api_key
@@ -153,3 +154,7 @@ class IBMRuntimeUpstream:
         except (ValueError, UnicodeDecodeError):
             doc = None
         return status, doc, raw
+
+
+if TYPE_CHECKING:  # mypy: this class is an Upstream (base.py)
+    _IS_AN_UPSTREAM: type[Upstream] = IBMRuntimeUpstream

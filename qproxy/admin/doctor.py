@@ -1,0 +1,129 @@
+"""``qproxy doctor``: check a node's qproxy installation the way the hooks will use it, and
+say in one line per check what is wrong and what to do.
+
+Checks: the admin config (every problem, see qproxy.config), the secrets file (present, root
+only, holding each upstream's key), the state and audit directories, and the SPANK plugin
+that plugstack.conf loads -- built for this node's Slurm? A .so built against another Slurm
+major.minor is refused by slurmd ("Incompatible plugin version"), and as a `required`
+plugin that fails every job on the node, QPU or not: rebuild it on every Slurm upgrade.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from qproxy import config as cfg
+
+BUILT_FOR = re.compile(rb"qpu_built_for_slurm=(\d+\.\d+\.\d+)")
+_VERSION = re.compile(r"(\d+\.\d+\.\d+)")
+
+
+def plugin_built_for(so: Path) -> str | None:
+    """The Slurm release a spank_qpu.so was compiled against (the string version.c embeds)."""
+    m = BUILT_FOR.search(so.read_bytes())
+    return m.group(1).decode() if m else None
+
+
+def installed_slurm() -> str | None:
+    """This node's Slurm release: ``slurmd -V`` (client commands need a slurm.conf)."""
+    for cmd in ("slurmd", "sinfo"):
+        path = shutil.which(cmd) or shutil.which(
+            cmd, path="/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin")
+        if not path:
+            continue
+        try:
+            out = subprocess.run([path, "-V"], capture_output=True, text=True, timeout=10,
+                                 check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if m := _VERSION.search(out):
+            return m.group(1)
+    return None
+
+
+def major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def check_plugin(so: Path) -> tuple[bool, str]:
+    try:
+        built = plugin_built_for(so)
+    except OSError as exc:
+        return False, f"plugin {so}: cannot read ({exc.strerror})"
+    if built is None:
+        return False, (f"plugin {so}: no qpu_built_for_slurm string (built before qproxy 0.1.0 "
+                       "or not ours): rebuild with `make -C spank_hooks install`")
+    have = installed_slurm()
+    if have is None:
+        return False, f"plugin {so}: built for Slurm {built}; no slurmd/sinfo here to compare"
+    if major_minor(built) != major_minor(have):
+        return False, (f"plugin {so}: built for Slurm {built}, this node runs {have}: slurmd "
+                       "will refuse it and fail every job; rebuild with `make -C spank_hooks "
+                       "install` against this Slurm's headers")
+    return True, f"plugin {so}: built for Slurm {built}, node runs {have}"
+
+
+def plugins_in(plugstack: Path) -> list[Path]:
+    """spank_qpu.so entries of a plugstack.conf (``required|optional PATH args...``)."""
+    found = []
+    for line in plugstack.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[0] in ("required", "optional") and "spank_qpu" in words[1]:
+            found.append(Path(words[1]))
+    return found
+
+
+def check_config(path: str) -> tuple[list[tuple[bool, str]], cfg.Config | None]:
+    try:
+        conf = cfg.load(path)
+    except cfg.ConfigError as exc:
+        return [(False, line.strip()) for line in str(exc).splitlines() if line.strip()], None
+    return [(True, f"config {path}: {len(conf.resources)} resources, "
+                   f"{len(conf.upstreams)} upstreams")], conf
+
+
+def check_files(conf: cfg.Config) -> list[tuple[bool, str]]:
+    from qproxy.secrets import SecretsError, get_secret
+
+    out: list[tuple[bool, str]] = []
+    for up in conf.upstreams.values():
+        try:
+            get_secret(conf, up.api_key_secret)
+            out.append((True, f"secret {up.api_key_secret!r} for upstream {up.name}: present"))
+        except SecretsError as exc:
+            out.append((False, f"upstream {up.name}: {exc}"))
+    for name, d in (("state_dir", conf.state_dir), ("audit_dir", conf.audit_dir)):
+        if d.exists() and d.stat().st_mode & 0o077:
+            out.append((False, f"{name} {d} is readable by others: chmod 0700 {d}"))
+        else:
+            out.append((True, f"{name} {d}: {'private' if d.exists() else 'created on use'}"))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="qproxy doctor", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(cfg.DEFAULT_CONFIG_PATH))
+    p.add_argument("--plugstack", type=Path, default=Path("/etc/slurm/plugstack.conf"),
+                   help="where to find the spank_qpu.so slurmd loads")
+    p.add_argument("--plugin", type=Path, action="append", default=[],
+                   help="check this spank_qpu.so (instead of plugstack.conf's)")
+    args = p.parse_args(argv)
+    results, conf = check_config(args.config)
+    if conf is not None:
+        results += check_files(conf)
+    plugins = list(args.plugin)
+    if not plugins:
+        try:
+            plugins = plugins_in(args.plugstack)
+        except OSError as exc:
+            results.append((False, f"plugstack {args.plugstack}: {exc.strerror}"))
+        if not plugins and args.plugstack.exists():
+            results.append((False, f"plugstack {args.plugstack}: no spank_qpu.so line"))
+    results += [check_plugin(so) for so in plugins]
+    for ok, line in results:
+        print(f"{'ok ' if ok else 'BAD'} {line}")
+    return 0 if all(ok for ok, _ in results) else 1

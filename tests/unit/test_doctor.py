@@ -1,0 +1,61 @@
+"""``qproxy doctor``: a plugin built for another Slurm major.minor is reported (slurmd would
+refuse it and fail every job), a matching one passes, and config problems are listed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "qproxy.toml"
+
+
+def _fake_slurmd(tmp_path: Path, version: str) -> dict[str, str]:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    slurmd = bindir / "slurmd"
+    slurmd.write_text(f"#!/bin/sh\necho 'slurm {version}'\n")
+    slurmd.chmod(0o755)
+    return {"PATH": f"{bindir}:/usr/bin:/bin"}
+
+
+def _doctor(tmp_path: Path, built_for: str, installed: str) -> subprocess.CompletedProcess[str]:
+    so = tmp_path / "spank_qpu.so"
+    # what version.c puts into the .so, between other bytes as in a real ELF file
+    so.write_bytes(b"\x7fELF\0\0junk\0qpu_built_for_slurm=" + built_for.encode() + b"\0more\0")
+    plugstack = tmp_path / "plugstack.conf"
+    plugstack.write_text(f"required {so} config={CONF}\n")
+    return subprocess.run(
+        [sys.executable, "-m", "qproxy", "doctor", "--config", str(CONF),
+         "--plugstack", str(plugstack)],
+        capture_output=True, text=True, env=_fake_slurmd(tmp_path, installed), check=False)
+
+
+def test_plugin_for_another_slurm_is_reported(tmp_path: Path) -> None:
+    out = _doctor(tmp_path, "22.05.8", "24.11.5")
+    assert out.returncode == 1
+    line = next(ln for ln in out.stdout.splitlines() if "plugin" in ln)
+    assert line.startswith("BAD") and "built for Slurm 22.05.8, this node runs 24.11.5" in line
+
+
+@pytest.mark.parametrize(("built", "installed"), [("24.11.5", "24.11.2"), ("26.05.5", "26.05.5")])
+def test_plugin_for_this_slurm_passes(tmp_path: Path, built: str, installed: str) -> None:
+    out = _doctor(tmp_path, built, installed)
+    line = next(ln for ln in out.stdout.splitlines() if "plugin" in ln)
+    assert line.startswith("ok ") and f"built for Slurm {built}" in line, out.stdout
+
+
+def test_config_problems_each_on_a_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[proxy]\nlanes_mode = "queue"\n[resources.x]\nupstream = "nowhere"\n'
+                   'backend = "b"\nlanes = "2"\n')
+    out = subprocess.run([sys.executable, "-m", "qproxy", "doctor", "--config", str(bad),
+                          "--plugstack", str(tmp_path / "none.conf")],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 1
+    bad_lines = [ln for ln in out.stdout.splitlines() if ln.startswith("BAD")]
+    assert any("lanes_mode" in ln for ln in bad_lines), out.stdout
+    assert any("[resources.x].lanes must be an integer" in ln for ln in bad_lines), out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
