@@ -143,6 +143,7 @@ def test_spare_settings_are_checked(emulator: Any, tmp_path: Path) -> None:
 
     assert load(write_config(emulator, tmp_path / "a")).proxy.spares == 1  # on by default
     assert load(write_config(emulator, tmp_path / "b", "spares = 0")).proxy.spares == 0
-    for bad in ("spares = -1", "spare_idle_seconds = 0"):
-        with pytest.raises(ConfigError, match=r"\[proxy\].spares must be >= 0"):
+    for bad, message in (("spares = -1", r"\[proxy\].spares must be >= 0"),
+                         ("spare_idle_seconds = 0", r"\[proxy\].spare_idle_seconds must be > 0")):
+        with pytest.raises(ConfigError, match=message):
             load(write_config(emulator, tmp_path / "c", bad))
