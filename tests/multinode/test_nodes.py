@@ -34,12 +34,10 @@ def test_proxy_is_node_local(mn: MultiCluster) -> None:
                     "-w", "qnode1", wait=False)
     try:
         mn.wait_state(job.id, {"RUNNING"}, timeout=60)
-        url = ""
-        for _ in range(100):
+        url, deadline = "", time.monotonic() + 60
+        while not url and time.monotonic() < deadline:
             url = job.output("url.txt").strip()
-            if url:
-                break
-            mn.wait_state(job.id, {"RUNNING"}, timeout=5)
+            time.sleep(0.2)
         assert url.startswith("http://127.0.0.1:"), url
         probe = ("import sys, urllib.request\ntry:\n    urllib.request.urlopen(sys.argv[1], "
                  "timeout=3)\n    print('reached')\nexcept Exception as exc:\n"
