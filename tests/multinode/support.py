@@ -1,0 +1,130 @@
+"""The several-node cluster as tests/multinode use it: every Slurm command runs through
+`scripts/cluster exec` (the controller's network namespace, or a node's with --node), jobs
+are submitted as the unprivileged users (qpuuser: accounts physics + chemistry, qpuuser2:
+chemistry only), and each node's qproxy files are under STATE/nodes/qnodeI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tests.support.cluster import FINAL, REPO, Cluster, Job
+
+NODES = 3
+SUITE = os.environ.get("QPROXY_CLUSTER_SLURM", "host")
+NAME = os.environ.get("QPROXY_CLUSTER_NAME", "mn" if SUITE == "host" else f"mn-{SUITE}")
+STATE = Path(os.environ.get("QPROXY_MN_CLUSTER_DIR", REPO / ".state" / f"cluster-{NAME}"))
+USER = os.environ.get("QPROXY_CLUSTER_USER", "qpuuser")
+USER2 = os.environ.get("QPROXY_CLUSTER_USER2", "qpuuser2")
+NODE_NAMES = [f"qnode{i}" for i in range(1, NODES + 1)]
+
+
+def script_env() -> dict[str, str]:
+    """scripts/cluster's environment: this layout (the ports etc. pass through)."""
+    env = dict(os.environ, QPROXY_CLUSTER_NODES=str(NODES), QPROXY_CLUSTER_ACCOUNTING="1",
+               QPROXY_CLUSTER_NAME=NAME, QPROXY_CLUSTER_DIR=str(STATE.resolve()))
+    return env
+
+
+class MultiCluster(Cluster):
+    def __init__(self) -> None:
+        super().__init__(STATE.resolve(), {}, user=USER)
+        self.script = REPO / "scripts" / "cluster"
+
+    def job_env(self, user: str) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.state / "slurm" / "slurm.conf"),
+                "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+                "HOME": f"/home/{user}", "LANG": "C.UTF-8"}
+
+    def exec(self, *cmd: str, user: str | None = None, node: str | None = None,
+             cwd: Path | None = None, timeout: float = 300,
+             ) -> subprocess.CompletedProcess[str]:
+        """CMD in the controller namespace (root, or USER with a clean job environment), or
+        on NODE (its network, UTS and mount namespaces)."""
+        prefix = [sys.executable, str(self.script), "exec",
+                  *(["--node", node] if node else []), *(["--user", user] if user else []),
+                  "--"]
+        if user:
+            prefix += ["env", "-i", *(f"{k}={v}" for k, v in self.job_env(user).items())]
+        return subprocess.run([*prefix, *cmd], cwd=cwd, env=script_env(), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+    def as_user(self, *cmd: str, cwd: Path | None = None, timeout: float = 300,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        extra = [f"{k}={v}" for k, v in (env or {}).items()]
+        return self.exec(*(["env", *extra] if extra else []), *cmd, user=self.user, cwd=cwd,
+                         timeout=timeout)
+
+    def show_job(self, job_id: str) -> dict[str, str]:
+        out = self.exec("scontrol", "-o", "show", "job", job_id).stdout
+        return dict(re.findall(r"(\S+?)=(\S*)", out))
+
+    def workdir_for(self, user: str) -> Path:
+        d = self.state / "jobs" / uuid.uuid4().hex[:10]
+        d.mkdir(parents=True)
+        subprocess.run(["chown", user, str(d)], check=True)
+        return d
+
+    def submit(self, script: str, *args: str, user: str = USER, wait: bool = True,
+               timeout: float = 300) -> Job:
+        """sbatch SCRIPT as USER (its output in out.txt of a fresh workdir)."""
+        wd = self.workdir_for(user)
+        path = wd / "job.sh"
+        path.write_text("#!/bin/bash\n" + script)
+        path.chmod(0o755)
+        proc = self.exec("sbatch", "--parsable", "-o", str(wd / "out.txt"), *args, str(path),
+                         user=user, cwd=wd)
+        m = re.match(r"(\d+)", proc.stdout.strip())
+        assert m, f"sbatch failed ({proc.returncode}): {proc.stderr}"
+        job = Job(m.group(1), wd)
+        job.fields = self.wait_state(job.id, FINAL, timeout) if wait else self.show_job(job.id)
+        return job
+
+    def sacct(self, job_id: str, fields: str, *extra: str) -> list[dict[str, str]]:
+        names = fields.split(",")
+        out = self.exec("sacct", "-n", "-P", "-j", job_id, "-o", fields, *extra).stdout
+        return [dict(zip(names, ln.split("|"), strict=False)) for ln in out.splitlines()]
+
+    def wait_sacct(self, job_id: str, timeout: float = 60) -> dict[str, str]:
+        """The job's allocation line once slurmdbd has its end (sacct lags slurmctld)."""
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, str]] = []
+        while time.monotonic() < deadline:
+            rows = self.sacct(job_id, "JobID,Account,State,NodeList,AllocTRES,ElapsedRaw,End",
+                              "-X")
+            if rows and rows[0]["End"] not in ("", "Unknown"):
+                return rows[0]
+            time.sleep(0.5)
+        raise AssertionError(f"sacct never showed job {job_id} finished: {rows}")
+
+    def node_usage(self, node: str, job_id: str) -> list[dict[str, object]]:
+        """This job's lines in NODE's {audit_dir}/usage.jsonl (one per node it ran on)."""
+        try:
+            lines = (self.state / "nodes" / node / "audit" / "usage.jsonl").read_text()
+        except OSError:
+            return []
+        recs = [json.loads(ln) for ln in lines.splitlines() if ln.strip()]
+        return [r for r in recs if r.get("job_id") == job_id]
+
+    def wait_usage(self, node: str, job_id: str, timeout: float = 60) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if recs := self.node_usage(node, job_id):
+                return recs[-1]
+            time.sleep(0.2)
+        raise AssertionError(f"no usage line for job {job_id} on {node}")
+
+    def squeue(self, *job_ids: str) -> dict[str, tuple[str, str]]:
+        """job id -> (state, reason)."""
+        out = self.exec("squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T %r").stdout
+        return {p[0]: (p[1], p[2]) for ln in out.splitlines() if len(p := ln.split()) == 3}
+
+    def cancel(self, *job_ids: str) -> None:
+        if job_ids:
+            self.exec("scancel", *job_ids)
