@@ -132,6 +132,18 @@ class Resource:
     allowed_accounts: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class AccountingSettings:
+    """Where each job's QPU use is booked besides ``{audit_dir}/usage.jsonl``."""
+
+    # Write the job's QPU seconds into its Slurm accounting record (AdminComment, through
+    # `sacctmgr modify job`, which slurmdbd accepts from root after the job ended; users
+    # cannot change AdminComment). Needs slurmdbd; off by default.
+    admin_comment: bool = False
+    # How long the epilog's background sacctmgr may take before it is given up.
+    sacctmgr_timeout_seconds: float = field(default=30.0, metadata=_POSITIVE)
+
+
 def _paths_key(default: str) -> dict[str, str]:
     """Field metadata: a Config path read from ``[paths]``, with its default there."""
     return {"paths_default": default}
@@ -149,6 +161,7 @@ class Config:
     secrets_key_file: Path = field(metadata=_paths_key("/etc/qproxy/secrets.key"))
     upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     resources: dict[str, Resource] = field(default_factory=dict)
+    accounting: AccountingSettings = field(default_factory=AccountingSettings)
 
     def resource(self, name: str) -> Resource:
         try:
@@ -187,7 +200,7 @@ _KINDS: dict[object, _Kind] = {
     Path: _Kind("a string (a path)", lambda v: isinstance(v, str), Path),
 }
 
-_TABLES = ("paths", "proxy", "upstreams", "resources")
+_TABLES = ("paths", "proxy", "accounting", "upstreams", "resources")
 
 
 class _Spec(NamedTuple):
@@ -307,6 +320,7 @@ def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
             paths[f.name] = p if p.is_absolute() else path.parent / p
 
     proxy = _build(ProxySettings, "[proxy]", section("proxy"), problems)
+    accounting = _build(AccountingSettings, "[accounting]", section("accounting"), problems)
 
     upstream_tables = section("upstreams")
     upstreams: dict[str, UpstreamSettings] = {}
@@ -330,7 +344,8 @@ def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
                 f" (defined: {defined})"
             )
 
-    if problems or proxy is None:
+    if problems or proxy is None or accounting is None:
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         raise ConfigError("\n  ".join([f"config {path} has {count}:", *problems]))
-    return Config(path=path, proxy=proxy, upstreams=upstreams, resources=resources, **paths)
+    return Config(path=path, proxy=proxy, upstreams=upstreams, resources=resources,
+                  accounting=accounting, **paths)

@@ -91,6 +91,11 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         except OSError:
             log.exception("job %s: writing usage.jsonl failed", job_id)
         log.info("job %s: %s (%s, proxy %s)", job_id, line, reason, stopped)
+        if config.accounting.admin_comment:  # where admins look: sacct -o AdminComment
+            from qproxy.slurm.slurmcli import book_admin_comment
+
+            book_admin_comment(job_id, line, config.accounting.sacctmgr_timeout_seconds,
+                               str(config.state_dir / "hooks.log"))
     try:  # keep the proxy's log next to the audit log; the job dir (token!) goes away
         if job.proxy_log.exists():
             ensure_private_dir(config.audit_dir)

@@ -120,3 +120,22 @@ def test_root_can_annotate_a_finished_job(mn: MultiCluster) -> None:
             break
         time.sleep(0.5)
     assert row[0]["AdminComment"] == usage, row
+
+
+def test_epilog_books_qpu_use_in_the_accounting_record(mn: MultiCluster) -> None:
+    """With [accounting] admin_comment = true (set by scripts/cluster when slurmdbd runs),
+    each QPU job's epilog writes its usage line into the job's AdminComment: what
+    `sacct -o AdminComment` shows admins, joinable with every other accounting field."""
+    job = mn.submit("true\n", "-p", "quantum", "-L", "ibm_fez:1", "--q_backend=ibm_fez",
+                    "-w", "qnode3")
+    assert job.state == "COMPLETED"
+    mn.wait_sacct(job.id)
+    usage = str(mn.wait_usage("qnode3", job.id)["usage"])
+    assert usage.startswith("qpu backend=ibm_fez lanes=1 ") and "quantum_seconds=" in usage
+    row: list[dict[str, str]] = []
+    for _ in range(60):
+        row = mn.sacct(job.id, "JobID,AdminComment", "-X")
+        if row and row[0]["AdminComment"] == usage:
+            break
+        time.sleep(0.5)
+    assert row and row[0]["AdminComment"] == usage, row

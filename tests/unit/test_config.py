@@ -137,7 +137,7 @@ PROXY_KNOWN = (
     ("[upstreams]\nemu = 1", "[upstreams.emu] must be a table"),
     ("proxy = [1]", "[proxy] must be a table"),
     ("[resource.ibm_fez]",
-     "[resource] is not a known table (known: paths, proxy, upstreams, resources)"),
+     "[resource] is not a known table (known: paths, proxy, accounting, upstreams, resources)"),
     ('[proxy]\nlanes_mod = "wait"',
      f"[proxy].lanes_mod is not a known setting (known: {PROXY_KNOWN})"),
     ('[paths]\nstate = "x"', "[paths].state is not a known setting "
