@@ -55,7 +55,8 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
     proxy = proxyproc.recorded(record) if record else None
     stopped = proxyproc.stop(proxy[0], job_id, spare=proxy[1]) if proxy else "absent"
     summary = _read_summary(job.summary) if stopped != "killed" else None
-    if summary is None and resource:
+    relay = record is not None and record.role == "relay"
+    if summary is None and resource and not relay:  # a relay's ledger is the primary's
         try:  # proxy died or was killed: cancel leftovers from the ledger ourselves
             summary = JobSummary.from_cleanup(_leftovers(config, resource, job), by="epilog")
         except Exception as exc:
@@ -68,7 +69,8 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         time=time.time(), proxy=stopped, upstream_jobs=summary.upstream_jobs,
         quantum_seconds=summary.quantum_seconds,
         cancelled_at_shutdown=summary.cancelled_at_shutdown, bytes_in=summary.bytes_in,
-        bytes_out=summary.bytes_out, by=summary.by, error=summary.error)
+        bytes_out=summary.bytes_out, by=summary.by, error=summary.error,
+        role=record.role if record and record.role != "single" else None)
     try:
         lease.release(config, job_id)
     except OSError:
