@@ -63,7 +63,8 @@ class ProxyRecord:
     # "single" (a one-node job), or a multi-node job's "primary" (its first node: the
     # vendor key, lanes, audit) or "relay" (any other node: forwards to the primary)
     role: str = "single"
-    primary: str = ""  # a relay's primary (ADDR:PORT), a primary's relay listener
+    primary: str = ""  # a relay's primary (ADDR:PORT)
+    node: str = ""  # a relay's node name (names its audit log, see slurm.state.audit_stem)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

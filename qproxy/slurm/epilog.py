@@ -14,7 +14,7 @@ from typing import Any
 from qproxy.config import Config
 from qproxy.records import JobSummary, UsageRecord
 from qproxy.slurm import lease, proxyproc
-from qproxy.slurm.state import JobState, ensure_private_dir, log
+from qproxy.slurm.state import JobState, audit_stem, ensure_private_dir, log
 
 
 def _read_summary(path: Path) -> JobSummary | None:
@@ -30,10 +30,11 @@ def _leftovers(config: Config, resource: str, job: JobState) -> dict[str, Any]:
     return cleanup_job(config, resource, job.ledger)
 
 
-def _audit_end(config: Config, job_id: str, fields: dict[str, Any]) -> str | None:
+def _audit_end(config: Config, job_id: str, fields: dict[str, Any],
+               stem: str) -> str | None:
     from qproxy.proxy.audit import AuditLog
 
-    path = config.audit_dir / f"job-{job_id}.jsonl"
+    path = config.audit_dir / f"{stem}.jsonl"
     audit = AuditLog(path, structured=False, job_id=job_id)
     try:
         audit.record("job_end", **fields)
@@ -56,6 +57,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
     stopped = proxyproc.stop(proxy[0], job_id, spare=proxy[1]) if proxy else "absent"
     summary = _read_summary(job.summary) if stopped != "killed" else None
     relay = record is not None and record.role == "relay"
+    stem = audit_stem(job_id, record.node or "?" if record and relay else "")
     if summary is None and resource and not relay:  # a relay's ledger is the primary's
         try:  # proxy died or was killed: cancel leftovers from the ledger ourselves
             summary = JobSummary.from_cleanup(_leftovers(config, resource, job), by="epilog")
@@ -80,7 +82,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         end = {k: v for k, v in asdict(usage).items()
                if k not in ("time", "usage", "audit_head") and v is not None}
         try:
-            usage = replace(usage, usage=line, audit_head=_audit_end(config, job_id, end))
+            usage = replace(usage, usage=line, audit_head=_audit_end(config, job_id, end, stem))
         except Exception:
             log.exception("job %s: finishing the audit log failed", job_id)
             usage = replace(usage, usage=line)
@@ -96,7 +98,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
     try:  # keep the proxy's log next to the audit log; the job dir (token!) goes away
         if job.proxy_log.exists():
             ensure_private_dir(config.audit_dir)
-            os.replace(job.proxy_log, config.audit_dir / f"job-{job_id}.proxy.log")
+            os.replace(job.proxy_log, config.audit_dir / f"{stem}.proxy.log")
     except OSError:
         log.exception("job %s: keeping the proxy log failed", job_id)
     job.remove()

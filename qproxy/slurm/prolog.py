@@ -30,7 +30,7 @@ from qproxy.slurm.slurmcli import (
     show_job_text,
     start_admin_comment,
 )
-from qproxy.slurm.state import JobState, log
+from qproxy.slurm.state import JobState, audit_stem, log
 
 
 class JobRefused(Exception):
@@ -219,12 +219,13 @@ def start_relay(config: Config, job: JobState, resource: Resource, user: str, ui
     args = ["--relay-to", primary, "--config", str(config.path), "--job-id", job.job_id,
             "--user", user, "--backend", resource.name, "--lanes", str(lanes),
             "--env-file", str(job.env_file), "--summary-file", str(job.summary),
-            "--node", me]
+            "--node", me,
+            "--audit-log", str(config.audit_dir / f"{audit_stem(job.job_id, me)}.jsonl")]
     pid = proxyproc.start(args, job.proxy_log).pid
     job.write_record(ProxyRecord(
         job_id=job.job_id, user=user, uid=uid, account=info.account, resource=resource.name,
         upstream_backend=resource.backend, lanes=lanes, pid=pid, env_file=str(job.env_file),
-        started=time.time(), role="relay", primary=primary))
+        started=time.time(), role="relay", primary=primary, node=me))
     return pid
 
 

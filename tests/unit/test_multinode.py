@@ -40,6 +40,8 @@ VERSIONS = sorted(p.name for p in DATA.iterdir() if p.is_dir())
 
 def _config(tmp_path: Path, extra: str = "") -> Any:
     text = CONF.read_text().replace('"/run/qproxy"', f'"{tmp_path / "state"}"')
+    text = text.replace('"/var/log/qproxy"', f'"{tmp_path / "audit"}"')
+    assert str(tmp_path) in text.split("audit_dir", 1)[1].splitlines()[0]
     text = text.replace("[proxy]\n", f"[proxy]\n{extra}\n", 1)
     (tmp_path / "q.toml").write_text(text)
     return load(tmp_path / "q.toml")
@@ -245,6 +247,9 @@ def test_prolog_relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = job.read_record()
     assert isinstance(rec, ProxyRecord)
     assert (rec.role, rec.primary, rec.pid, rec.lanes) == ("relay", "10.0.0.1:612", 4242, 2)
+    assert rec.node == "n3"
+    # its own audit chain: nodes may share an audit_dir, and a chain has one writer
+    assert args[args.index("--audit-log") + 1] == str(config.audit_dir / "job-42.relay-n3.jsonl")
     assert fake.comments == []  # a relay never touches AdminComment
     assert pl.lease.held(config).get("ibm_fez", {}) == {}  # nor the lanes
 
@@ -277,6 +282,30 @@ def test_prolog_relay_refused_like_the_primary(tmp_path: Path,
     pl.prolog(config, "42", os.getuid(), "ibm_fez")
     error = JobState.of(config, "42").read_error()
     assert error and "needs QPU lanes" in error and fake.started == []
+
+
+def test_epilog_of_a_relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ledger cleanup (the ledger is the primary's), its own audit file, role in usage."""
+    from qproxy.slurm import epilog
+
+    config = _config(tmp_path)
+    job = JobState.of(config, "42")
+    job.create()
+    job.write_record(ProxyRecord(job_id="42", pid=999999, resource="ibm_fez", lanes=2,
+                                 role="relay", primary="10.0.0.1:612", node="n3"))
+    job.proxy_log.write_text("relay log\n")
+
+    def no_cleanup(*a: Any) -> Any:
+        raise AssertionError("a relay node has no ledger to clean up")
+
+    monkeypatch.setattr(epilog, "_leftovers", no_cleanup)
+    usage = epilog.finish(config, "42", "epilog")
+    assert usage.role == "relay" and usage.upstream_jobs == 0 and usage.proxy == "absent"
+    assert (config.audit_dir / "job-42.relay-n3.jsonl").exists()
+    assert (config.audit_dir / "job-42.relay-n3.proxy.log").read_text() == "relay log\n"
+    assert not (config.audit_dir / "job-42.jsonl").exists()
+    line = json.loads((config.audit_dir / "usage.jsonl").read_text())
+    assert line["role"] == "relay"
 
 
 # --------------------------------------------------------------------------- HMAC, key, ports
