@@ -42,7 +42,10 @@ def _config(tmp_path: Path, extra: str = "") -> Any:
     text = CONF.read_text().replace('"/run/qproxy"', f'"{tmp_path / "state"}"')
     text = text.replace('"/var/log/qproxy"', f'"{tmp_path / "audit"}"')
     assert str(tmp_path) in text.split("audit_dir", 1)[1].splitlines()[0]
-    text = text.replace("[proxy]\n", f"[proxy]\n{extra}\n", 1)
+    if extra:  # replace the shipped value of that key
+        key = extra.split("=")[0].strip()
+        text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(key + " "))
+        text = text.replace("[proxy]\n", f"[proxy]\n{extra}\n", 1)
     (tmp_path / "q.toml").write_text(text)
     return load(tmp_path / "q.toml")
 
