@@ -22,6 +22,7 @@ A file that cannot be read or parsed is a one-line ConfigError (``cannot read co
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -64,6 +65,15 @@ def _upstream_kinds() -> frozenset[str]:
     return frozenset(KINDS)
 
 
+def port_range(value: str) -> tuple[int, int] | None:
+    """``"600-1023"`` -> (600, 1023); None unless 1 <= LOW <= HIGH <= 1023."""
+    m = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", value)
+    if not m:
+        return None
+    low, high = int(m.group(1)), int(m.group(2))
+    return (low, high) if 1 <= low <= high <= 1023 else None
+
+
 _POSITIVE = _rule("> 0", lambda v: v > 0)
 _NOT_NEGATIVE = _rule(">= 0", lambda v: v >= 0)
 _NON_EMPTY = _rule("non-empty", bool)
@@ -94,6 +104,14 @@ class ProxySettings:
     spares: int = field(default=1, metadata=_NOT_NEGATIVE)
     # A spare nobody claimed exits after this long (seconds).
     spare_idle_seconds: float = field(default=600.0, metadata=_POSITIVE)
+    # Multi-node jobs (qproxy.proxy.relay): the primary proxy's relay listener takes the
+    # first free port of this range on the node's cluster address. Privileged ports only:
+    # no user can then bind one and pose as a job's primary on any node.
+    relay_ports: str = field(default="600-1023", metadata=_rule(
+        '"LOW-HIGH" with 1 <= LOW <= HIGH <= 1023 (privileged ports)',
+        lambda v: port_range(v) is not None))
+    # How long a non-first node's prolog waits for the primary to publish its address.
+    relay_wait_seconds: float = field(default=30.0, metadata=_POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -159,6 +177,8 @@ class Config:
     audit_dir: Path = field(metadata=_paths_key("/var/log/qproxy"))
     secrets_file: Path = field(metadata=_paths_key("/etc/qproxy/secrets.toml"))
     secrets_key_file: Path = field(metadata=_paths_key("/etc/qproxy/secrets.key"))
+    # Shared by every node (like munge.key), root-only: authenticates relayed requests.
+    cluster_key_file: Path = field(metadata=_paths_key("/etc/qproxy/cluster.key"))
     upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     resources: dict[str, Resource] = field(default_factory=dict)
     accounting: AccountingSettings = field(default_factory=AccountingSettings)

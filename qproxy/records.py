@@ -60,6 +60,11 @@ class ProxyRecord:
     started: float = 0.0
     account: str = ""
     spare: str | None = None  # the spare process that took the job, if one did
+    # "single" (a one-node job), or a multi-node job's "primary" (its first node: the
+    # vendor key, lanes, audit) or "relay" (any other node: forwards to the primary)
+    role: str = "single"
+    primary: str = ""  # a relay's primary (ADDR:PORT)
+    node: str = ""  # a relay's node name (names its audit log, see slurm.state.audit_stem)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
@@ -135,6 +140,9 @@ class UsageRecord:
     by: str | None = None
     error: str | None = None
     audit_head: str | None = None
+    # a multi-node job's "primary" or "relay" (whose upstream_jobs is always 0: the
+    # primary's line carries the job's QPU usage); absent for a single-node job
+    role: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items()

@@ -8,6 +8,8 @@
  */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "qpu.h"
 
@@ -26,9 +28,32 @@ static int job_ids(spank_t sp, char *jobid, size_t jlen, char *uid, size_t ulen)
     return 0;
 }
 
+/*
+ * This node's Slurm name (slurmd sets SLURMD_NODENAME in the job prolog's environment,
+ * after the job's SPANK variables, so a job cannot choose it): a multi-node job's prolog
+ * needs it to tell its first node from the others; `slurmd -N name` nodes share one
+ * hostname. Empty if unset or not a plain node name.
+ */
+static void node_name(char *buf, size_t len)
+{
+    const char *node = getenv("SLURMD_NODENAME");
+    size_t i, n = node ? strlen(node) : 0;
+
+    buf[0] = '\0';
+    if (n == 0 || n >= len)
+        return;
+    for (i = 0; i < n; i++) {
+        char c = node[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return;
+    }
+    memcpy(buf, node, n + 1);
+}
+
 int qpu_slurmd_job_prolog(spank_t sp, const struct qpu_config *cfg)
 {
-    char backend[QPU_BACKEND_MAX + 1], jobid[16], uid[16], out[1024];
+    char backend[QPU_BACKEND_MAX + 1], jobid[16], uid[16], node[128], out[1024];
     int rc = qpu_option_backend(sp, backend, sizeof(backend));
 
     if (rc == 0)
@@ -39,10 +64,12 @@ int qpu_slurmd_job_prolog(spank_t sp, const struct qpu_config *cfg)
     }
     if (rc < 0)
         snprintf(backend, sizeof(backend), "%s", "-invalid-");
+    node_name(node, sizeof(node));
     {
+        /* without a node name the list ends before "--node" (Python falls back) */
         char *argv[] = {(char *)cfg->qproxy, "hook", "prolog", "--config",
                         (char *)cfg->config, "--job-id", jobid, "--uid", uid,
-                        "--backend", backend, NULL};
+                        "--backend", backend, node[0] ? "--node" : NULL, node, NULL};
         rc = qpu_run(argv, out, sizeof(out), 300);
     }
     if (rc != 0)

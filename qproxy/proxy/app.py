@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from qproxy.proxy.context import CTX, JobContext
 from qproxy.proxy.policy.errors import PolicyError
+from qproxy.proxy.relayauth import RELAY_HEADER
 from qproxy.proxy.routes import iam
 from qproxy.proxy.routes import runtime as rt
 from qproxy.proxy.routes.errors import TRACE, error_response
@@ -117,6 +119,8 @@ async def error_mw(request: web.Request, handler: Handler) -> web.StreamResponse
 
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if RELAY_HEADER in request.headers:  # only the relay listener takes relayed requests
+        raise PolicyError(401, f"{RELAY_HEADER} is not accepted on this listener")
     if request.path == IAM_TOKEN_PATH:
         return await handler(request)
     reason = request.app[CTX].auth.check_header(request.headers.get("Authorization"))
@@ -125,13 +129,16 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def create_app(ctx: JobContext) -> web.Application:
+def create_app(ctx: JobContext, relay_auth: Middleware | None = None) -> web.Application:
+    """``relay_auth``: the primary's relay listener (qproxy.proxy.relaylisten), whose auth
+    replaces the job token's and which serves no IAM exchange."""
     app = web.Application(
-        middlewares=[audit_mw, error_mw, auth_mw],
+        middlewares=[audit_mw, error_mw, relay_auth or auth_mw],
         client_max_size=ctx.config.proxy.max_request_bytes,
     )
     app[CTX] = ctx
-    app.router.add_route("POST", IAM_TOKEN_PATH, iam.token)
+    if relay_auth is None:
+        app.router.add_route("POST", IAM_TOKEN_PATH, iam.token)
     for prefix in API_PREFIXES:
         for method, path, handler in RUNTIME_ROUTES:
             app.router.add_route(method, prefix + path, handler)

@@ -27,6 +27,7 @@ from qproxy.files import atomic_write
 from qproxy.proxy.audit import AuditLog
 from qproxy.proxy.auth import new_job_token
 from qproxy.proxy.cleanup import read_ledger
+from qproxy.proxy.relayauth import RelayListener, add_args, open_listener
 from qproxy.records import JobSummary
 from qproxy.secrets import SecretsError, get_secret
 
@@ -51,6 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--audit-log", type=Path)
     p.add_argument("--ledger-file", type=Path)
     p.add_argument("--summary-file", type=Path)
+    add_args(p)  # a multi-node job's primary: --relay-listen, --relay-ports
     return p.parse_args(argv)
 
 
@@ -66,6 +68,7 @@ class Prepared:
     jobs: list[str]
     sessions: list[str]
     audit: AuditLog
+    relay: RelayListener | None = None  # a multi-node job's primary (qproxy.proxy.relayauth)
 
 
 def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
@@ -253,6 +256,10 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.SockSite(runner, sock).start()
+    if prep.relay is not None:
+        from qproxy.proxy import relaylisten
+
+        relay_runner = await relaylisten.start(ctx, prep.relay)
     log.info("job %s: proxy for %s serving on %s:%d", args.job_id, ctx.resource.name,
              conf.proxy.host, sock.getsockname()[1])
     warm = asyncio.create_task(warm_up(ctx))
@@ -277,6 +284,8 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
                   "cancelled_at_shutdown": [], "quantum_seconds": 0.0, "cleanup": "incomplete"}
     remove_env_file(args.env_file)
     await runner.cleanup()
+    if prep.relay is not None:
+        await relay_runner.cleanup()
     # A submission already in flight at SIGTERM may have created a job after the first pass.
     late = [j for j in ctx.owned.jobs if j not in seen]
     if late:
@@ -313,6 +322,7 @@ def main(argv: list[str], after_start: Callable[[], None] | None = None) -> int:
         conf = cfg.load(args.config)
         prep = prepare(args, conf)
         sock = listen(conf.proxy.host, args.port)
+        prep.relay = open_listener(args, conf)
     except (cfg.ConfigError, SecretsError, OSError) as exc:
         print(f"qproxy serve: {exc}", file=sys.stderr)
         return 1
@@ -320,6 +330,7 @@ def main(argv: list[str], after_start: Callable[[], None] | None = None) -> int:
         token = new_job_token()
         port = sock.getsockname()[1]
         env = client_env(f"http://{conf.proxy.host}:{port}", token, prep.upstream.instance)
+        env.update(prep.relay.env() if prep.relay else {})
         atomic_write(args.env_file, "".join(f"{k}={v}\n" for k, v in env.items()).encode())
         # still the log's first record: nothing is served before the app runs, below
         prep.audit.record(

@@ -14,7 +14,7 @@ from typing import Any
 from qproxy.config import Config
 from qproxy.records import JobSummary, UsageRecord
 from qproxy.slurm import lease, proxyproc
-from qproxy.slurm.state import JobState, ensure_private_dir, log
+from qproxy.slurm.state import JobState, audit_stem, ensure_private_dir, log
 
 
 def _read_summary(path: Path) -> JobSummary | None:
@@ -30,10 +30,11 @@ def _leftovers(config: Config, resource: str, job: JobState) -> dict[str, Any]:
     return cleanup_job(config, resource, job.ledger)
 
 
-def _audit_end(config: Config, job_id: str, fields: dict[str, Any]) -> str | None:
+def _audit_end(config: Config, job_id: str, fields: dict[str, Any],
+               stem: str) -> str | None:
     from qproxy.proxy.audit import AuditLog
 
-    path = config.audit_dir / f"job-{job_id}.jsonl"
+    path = config.audit_dir / f"{stem}.jsonl"
     audit = AuditLog(path, structured=False, job_id=job_id)
     try:
         audit.record("job_end", **fields)
@@ -55,7 +56,9 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
     proxy = proxyproc.recorded(record) if record else None
     stopped = proxyproc.stop(proxy[0], job_id, spare=proxy[1]) if proxy else "absent"
     summary = _read_summary(job.summary) if stopped != "killed" else None
-    if summary is None and resource:
+    relay = record is not None and record.role == "relay"
+    stem = audit_stem(job_id, record.node or "?" if record and relay else "")
+    if summary is None and resource and not relay:  # a relay's ledger is the primary's
         try:  # proxy died or was killed: cancel leftovers from the ledger ourselves
             summary = JobSummary.from_cleanup(_leftovers(config, resource, job), by="epilog")
         except Exception as exc:
@@ -68,7 +71,8 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         time=time.time(), proxy=stopped, upstream_jobs=summary.upstream_jobs,
         quantum_seconds=summary.quantum_seconds,
         cancelled_at_shutdown=summary.cancelled_at_shutdown, bytes_in=summary.bytes_in,
-        bytes_out=summary.bytes_out, by=summary.by, error=summary.error)
+        bytes_out=summary.bytes_out, by=summary.by, error=summary.error,
+        role=record.role if record and record.role != "single" else None)
     try:
         lease.release(config, job_id)
     except OSError:
@@ -78,7 +82,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         end = {k: v for k, v in asdict(usage).items()
                if k not in ("time", "usage", "audit_head") and v is not None}
         try:
-            usage = replace(usage, usage=line, audit_head=_audit_end(config, job_id, end))
+            usage = replace(usage, usage=line, audit_head=_audit_end(config, job_id, end, stem))
         except Exception:
             log.exception("job %s: finishing the audit log failed", job_id)
             usage = replace(usage, usage=line)
@@ -99,7 +103,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
     try:  # keep the proxy's log next to the audit log; the job dir (token!) goes away
         if job.proxy_log.exists():
             ensure_private_dir(config.audit_dir)
-            os.replace(job.proxy_log, config.audit_dir / f"job-{job_id}.proxy.log")
+            os.replace(job.proxy_log, config.audit_dir / f"{stem}.proxy.log")
     except OSError:
         log.exception("job %s: keeping the proxy log failed", job_id)
     job.remove()

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "prolog":
             s.add_argument("--uid", type=int, required=True)
             s.add_argument("--backend", required=True)
+            s.add_argument("--node", help="this node's Slurm name (SLURMD_NODENAME)")
         if name == "reap":
             s.add_argument("--all", action="store_true",
                            help="tear down every job's state (the node is going down)")
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
     if args.cmd == "prolog":
         from qproxy.slurm.prolog import prolog
 
-        return prolog(config, args.job_id, args.uid, args.backend)
+        return prolog(config, args.job_id, args.uid, args.backend, args.node)
     if args.cmd == "epilog":
         from qproxy.slurm.epilog import finish
 

@@ -1,10 +1,19 @@
 """Job prolog (root, at allocation with PrologFlags=Alloc): validate the request against the
 admin config and Slurm's view of the job, lease the lanes, start the job's proxy and write the
-connection record. Never fails the prolog: errors go to the job's state dir for task-env."""
+connection record. Never fails the prolog: errors go to the job's state dir for task-env.
+
+A multi-node job runs this on every node. The job's lanes must hold across all of them, so
+only its first node (Slurm's batch host, else the first of its nodes) leases them and starts
+the PRIMARY proxy (vendor key, lane gate, audit; plus a relay listener, see
+qproxy.proxy.relayauth), publishing the listener in the job's AdminComment
+(``qpu backend=B lanes=N primary=ADDR:PORT run=R``); every other node waits for that and
+starts a RELAY proxy (qproxy.proxy.relay: no vendor key, forwards to the primary)."""
 
 from __future__ import annotations
 
+import os
 import pwd
+import socket
 import time
 
 from qproxy.config import Config, Resource
@@ -14,10 +23,14 @@ from qproxy.slurm.slurmcli import (
     JobRecord,
     SlurmError,
     finish_admin_comment,
+    hostnames,
     job_info,
+    node_addr,
+    qpu_comment,
+    show_job_text,
     start_admin_comment,
 )
-from qproxy.slurm.state import JobState, log
+from qproxy.slurm.state import JobState, audit_stem, log
 
 
 class JobRefused(Exception):
@@ -92,14 +105,14 @@ def acquire_lanes(config: Config, resource: Resource, job_id: str, lanes: int) -
 
 
 def start_proxy(config: Config, job: JobState, resource: Resource, user: str, lanes: int,
-                info: JobRecord) -> tuple[int, str | None]:
+                info: JobRecord, extra: tuple[str, ...] = ()) -> tuple[int, str | None]:
     """(pid, spare id): a ready spare takes the job if there is one (qproxy.slurm.spares), else a
     new process starts."""
     args = ["--config", str(config.path), "--job-id", job.job_id, "--user", user,
             "--backend", resource.name, "--lanes", str(lanes),
             "--end-time", str(int(info.end_time or time.time() + 365 * 86400)),
             "--env-file", str(job.env_file), "--ledger-file", str(job.ledger),
-            "--summary-file", str(job.summary)]
+            "--summary-file", str(job.summary), *extra]
     if info.account:
         args += ["--account", info.account]
     # Not waiting for readiness here: the proxy's start overlaps the step launch, and the
@@ -123,7 +136,101 @@ def keep_spares(config: Config) -> None:
         log.exception("starting a spare proxy failed")
 
 
-def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
+# --------------------------------------------------------------------- multi-node jobs
+def this_node(given: str | None = None) -> str:
+    """This node's Slurm name: the plugin's --node (SLURMD_NODENAME), else the environment's,
+    else the host name (wrong where several slurmd share a host: the plugin passes it)."""
+    return given or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def role_of(info: JobRecord, me: str) -> tuple[str, str]:
+    """("single" | "primary" | "relay", the job's first node) for this node."""
+    nodes = hostnames(info.nodes)
+    if len(nodes) <= 1:
+        return "single", me
+    first = info.batch_host if info.batch_host in nodes else nodes[0]
+    if me == first:
+        return "primary", first
+    if me in nodes:
+        return "relay", first
+    raise JobRefused(f"this node's name {me!r} is not among the job's nodes ({info.nodes}); "
+                     "ask your admin (the plugin passes SLURMD_NODENAME)")
+
+
+def qpu_text(resource: Resource, lanes: int) -> str:
+    return f"qpu backend={resource.name} lanes={lanes}"
+
+
+def set_admin_comment(job_id: str, text: str) -> bool:
+    return finish_admin_comment(job_id, start_admin_comment(job_id, text))
+
+
+def publish_primary(config: Config, job: JobState, pid: int, spare: str | None, addr: str,
+                    text: str, run: int) -> str:
+    """Wait (bounded) for the primary's env file, then publish its relay listener for the
+    job's other nodes; ``primary=failed`` if it did not come up. Returns what was published."""
+    from qproxy.proxy.relayauth import RELAY_PORT_ENV, format_hostport
+
+    try:
+        env = proxyproc.wait_ready(job.env_file, pid, job.job_id,
+                                   config.proxy.start_timeout_seconds, spare)
+    except OSError:
+        env = None
+    port = (env or {}).get(RELAY_PORT_ENV, "")
+    where = format_hostport(addr, int(port)) if port.isdigit() else "failed"
+    if where == "failed":
+        log.warning("job %s: the primary proxy published no relay port", job.job_id)
+    set_admin_comment(job.job_id, f"{text} primary={where} run={run}")
+    return where
+
+
+def wait_for_primary(config: Config, job_id: str, resource: Resource, run: int,
+                     first: str) -> str:
+    """The primary's relay listener (ADDR:PORT) once this run's AdminComment names it."""
+    from qproxy.proxy.relayauth import parse_hostport
+
+    wait = config.proxy.relay_wait_seconds
+    deadline = time.monotonic() + wait
+    delay = 0.2
+    while True:
+        try:
+            rec = show_job_text(job_id)
+        except SlurmError as exc:
+            log.info("job %s: waiting for the primary: %s", job_id, exc)
+            rec = None
+        c = qpu_comment(rec.admin_comment) if rec else None
+        if c and c.backend == resource.name and c.run == run and c.primary:
+            if c.primary == "failed":
+                raise JobRefused(f"the QPU proxy on this job's first node ({first}) could not "
+                                 "start; see the job's error from that node")
+            if parse_hostport(c.primary):
+                return c.primary
+        if time.monotonic() >= deadline:
+            raise JobRefused(f"the QPU proxy on this job's first node ({first}) did not "
+                             f"publish its address within {wait:g} s; ask your admin")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def start_relay(config: Config, job: JobState, resource: Resource, user: str, uid: int,
+                lanes: int, info: JobRecord, first: str, me: str) -> int:
+    """A relay for this node (no lease: the lanes are the primary's); returns its pid."""
+    primary = wait_for_primary(config, job.job_id, resource, info.restart_cnt, first)
+    args = ["--relay-to", primary, "--config", str(config.path), "--job-id", job.job_id,
+            "--user", user, "--backend", resource.name, "--lanes", str(lanes),
+            "--env-file", str(job.env_file), "--summary-file", str(job.summary),
+            "--node", me,
+            "--audit-log", str(config.audit_dir / f"{audit_stem(job.job_id, me)}.jsonl")]
+    pid = proxyproc.start(args, job.proxy_log).pid
+    job.write_record(ProxyRecord(
+        job_id=job.job_id, user=user, uid=uid, account=info.account, resource=resource.name,
+        upstream_backend=resource.backend, lanes=lanes, pid=pid, env_file=str(job.env_file),
+        started=time.time(), role="relay", primary=primary, node=me))
+    return pid
+
+
+def prolog(config: Config, job_id: str, uid: int, backend: str,
+           node: str | None = None) -> int:
     job = JobState.of(config, job_id)
     old = job.read_record()
     previous = proxyproc.recorded(old) if old else None
@@ -134,18 +241,37 @@ def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
     user = _user_name(uid)
     t0 = time.monotonic()
     leased = False
+    role = "single"
+    published: str | None = None  # a primary's AdminComment text, once it is known
     try:
         info = _job_info(job_id)
         resource, lanes = check(config, backend, user, info)
+        text = qpu_text(resource, lanes)
+        me = this_node(node)
+        role, first = role_of(info, me)
+        if role == "relay":
+            pid = start_relay(config, job, resource, user, uid, lanes, info, first, me)
+            log.info("job %s: relay pid %d on %s to the primary on %s started in %.2fs",
+                     job_id, pid, me, first, time.monotonic() - t0)
+            return 0
+        if role == "primary":
+            published = text
         acquire_lanes(config, resource, job_id, lanes)
         leased = True
-        pid, spare_id = start_proxy(config, job, resource, user, lanes, info)
-        comment = start_admin_comment(job_id, f"qpu backend={resource.name} lanes={lanes}")
+        addr = node_addr(me) if role == "primary" else ""
+        extra = ("--relay-listen", addr) if role == "primary" else ()
+        pid, spare_id = start_proxy(config, job, resource, user, lanes, info, extra)
+        comment = start_admin_comment(job_id, text) if role == "single" else None
         job.write_record(ProxyRecord(
             job_id=job_id, user=user, uid=uid, account=info.account, resource=resource.name,
             upstream_backend=resource.backend, lanes=lanes, pid=pid, spare=spare_id,
-            env_file=str(job.env_file), started=time.time()))
-        finish_admin_comment(job_id, comment)
+            env_file=str(job.env_file), started=time.time(), role=role))
+        if role == "single":
+            finish_admin_comment(job_id, comment)
+        else:
+            where = publish_primary(config, job, pid, spare_id, addr, text, info.restart_cnt)
+            published = None
+            log.info("job %s: primary on %s, relay listener %s", job_id, me, where)
         log.info("job %s: proxy pid %d%s for %s (%d lanes, user %s) started in %.2fs",
                  job_id, pid, f" (spare {spare_id})" if spare_id else "", resource.name, lanes,
                  user, time.monotonic() - t0)
@@ -162,4 +288,6 @@ def prolog(config: Config, job_id: str, uid: int, backend: str) -> int:
                       f"(see hooks.log on the node, job {job_id})")
         if leased:
             lease.release(config, job_id)
+    if published is not None:  # the primary failed: its relays should not wait for it
+        set_admin_comment(job_id, f"{published} primary=failed run={info.restart_cnt}")
     return 0

@@ -67,6 +67,9 @@ class JobRecord:
     gres_qpu: int = 0  # lanes from --gres=qpu:N
     admin_comment: str = ""
     source: str = ""
+    nodes: str = ""  # the allocated nodes as a Slurm host list ("n[1-3]"); "" = none yet
+    batch_host: str = ""  # where the batch script runs (the first node); "" = unknown
+    restart_cnt: int = 0  # requeues so far: tells one run's AdminComment from the last's
 
 
 # ------------------------------------------------------------------------------ value readers
@@ -163,11 +166,25 @@ def record_from_json(job: dict[str, Any], source: str = "json") -> JobRecord:
         gres_qpu=gres_lanes(job),
         admin_comment=str(job.get("admin_comment") or ""),
         source=source,
+        nodes=_host_list(job.get("nodes")),
+        batch_host=_host_list(job.get("batch_host")),
+        restart_cnt=_count(job.get("restart_cnt")),
     )
 
 
+def _host_list(value: Any) -> str:
+    text = str(value or "").strip() if isinstance(value, str) else ""
+    return "" if text in ("(null)", "None") else text
+
+
+def _count(value: Any) -> int:
+    n = number(value)
+    return int(n) if n is not None and not math.isinf(n) and n >= 0 else 0
+
+
 # The prolog's AdminComment holds spaces, which `scontrol -o` prints unquoted.
-_ADMIN_TEXT = re.compile(r"\bAdminComment=(qpu backend=\S+ lanes=\d+)")
+_ADMIN_TEXT = re.compile(
+    r"\bAdminComment=(qpu backend=\S+ lanes=\d+(?: primary=\S+)?(?: run=\d+)?)")
 
 
 def record_from_text(job_id: str, line: str) -> JobRecord:
@@ -187,7 +204,34 @@ def record_from_text(job_id: str, line: str) -> JobRecord:
                           f.get("GRES", ""), f.get("AllocTRES", "")),
         admin_comment=m.group(1) if (m := _ADMIN_TEXT.search(line)) else f.get("AdminComment", ""),
         source="scontrol",
+        nodes=_host_list(f.get("NodeList")),
+        batch_host=_host_list(f.get("BatchHost")),
+        restart_cnt=int(f["Restarts"]) if f.get("Restarts", "").isdigit() else 0,
     )
+
+
+@dataclass(frozen=True)
+class QpuComment:
+    """The AdminComment the prolog sets: ``qpu backend=B lanes=N`` and, for a multi-node
+    job, ``primary=ADDR:PORT run=R`` (``primary=failed`` when the first node's proxy could
+    not start). Only root / the SlurmUser can set AdminComment, never the job's user."""
+
+    backend: str
+    lanes: int
+    primary: str = ""
+    run: int | None = None
+
+
+_QPU_COMMENT = re.compile(
+    r"qpu backend=(\S+) lanes=(\d+)(?: primary=(\S+))?(?: run=(\d+))?(?:\s|$)")
+
+
+def qpu_comment(text: str) -> QpuComment | None:
+    m = _QPU_COMMENT.match(text.strip())
+    if not m:
+        return None
+    return QpuComment(m.group(1), int(m.group(2)), m.group(3) or "",
+                      int(m.group(4)) if m.group(4) else None)
 
 
 def jobs_of(doc: Any) -> list[dict[str, Any]]:
@@ -226,6 +270,41 @@ def job_info(job_id: str) -> JobRecord:
     for job in squeue_json(job_id):
         return record_from_json(job, "squeue")
     raise SlurmError(f"job {job_id} not found in squeue")
+
+
+def show_job_text(job_id: str, timeout: float = 10.0) -> JobRecord | None:
+    """``scontrol -o show job N`` (every version; what a relay node polls for the primary's
+    AdminComment); None when Slurm does not know the job."""
+    out = _run(["scontrol", "-o", "show", "job", job_id], timeout=timeout)
+    if out.returncode != 0 or not out.stdout.strip():
+        if "Invalid job id" in out.stderr:
+            return None
+        raise SlurmError(f"scontrol show job {job_id}: {out.stderr.strip()[:200]}")
+    return record_from_text(job_id, out.stdout.splitlines()[0])
+
+
+def hostnames(host_list: str) -> list[str]:
+    """A Slurm host list (``n[1-3],m``) expanded, in Slurm's order; a plain name needs no
+    ``scontrol`` (single-node jobs, the common case)."""
+    host_list = host_list.strip()
+    if not host_list:
+        return []
+    if not any(c in host_list for c in "[],"):
+        return [host_list]
+    out = _run(["scontrol", "show", "hostnames", host_list])
+    names = out.stdout.split()
+    if out.returncode != 0 or not names:
+        raise SlurmError(f"scontrol show hostnames {host_list}: {out.stderr.strip()[:200]}")
+    return names
+
+
+def node_addr(name: str) -> str:
+    """The node's NodeAddr (its cluster address); the name itself where Slurm gives none."""
+    out = _run(["scontrol", "-o", "show", "node", name])
+    m = re.search(r"\bNodeAddr=(\S+)", out.stdout)
+    if out.returncode != 0 or not m:
+        raise SlurmError(f"scontrol show node {name}: {out.stderr.strip()[:200]}")
+    return m.group(1) if m.group(1) not in ("(null)", "") else name
 
 
 def live_job_ids() -> set[str]:

@@ -75,6 +75,15 @@ class JobState:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def audit_stem(job_id: str, relay_node: str = "") -> str:
+    """``job-N`` (the job's audit log, its primary's on a multi-node job) or, for a relay,
+    ``job-N.relay-NODE``: nodes may share one audit_dir, and each chain has one writer."""
+    if not relay_node:
+        return f"job-{job_id}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in relay_node)[:64]
+    return f"job-{job_id}.relay-{safe}"
+
+
 def job_dirs(config: Config) -> list[str]:
     """Job ids that have state on this node."""
     try:

@@ -108,7 +108,8 @@ def test_unknown_backend(tmp_path: Path) -> None:
 
 PROXY_KNOWN = (
     "host, max_request_bytes, max_response_bytes, token_ttl_seconds, lanes_mode, "
-    "lanes_wait_seconds, start_timeout_seconds, status_poll_seconds, spares, spare_idle_seconds"
+    "lanes_wait_seconds, start_timeout_seconds, status_poll_seconds, spares, spare_idle_seconds, "
+    "relay_ports, relay_wait_seconds"
 )
 
 
@@ -141,7 +142,7 @@ PROXY_KNOWN = (
     ('[proxy]\nlanes_mod = "wait"',
      f"[proxy].lanes_mod is not a known setting (known: {PROXY_KNOWN})"),
     ('[paths]\nstate = "x"', "[paths].state is not a known setting "
-     "(known: state_dir, audit_dir, secrets_file, secrets_key_file)"),
+     "(known: state_dir, audit_dir, secrets_file, secrets_key_file, cluster_key_file)"),
     ('[resources.ibm_fez]\nupstream = "emu"',
      "[resources.ibm_fez].backend is required"),
     ('[resources.ibm_fez]\nbackend = "fake_fez"',

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 import orjson
 from aiohttp import web
 
+from qproxy.proxy.auth import JobAuth
 from qproxy.proxy.context import CTX
 from qproxy.proxy.policy.errors import PolicyError
 
@@ -19,7 +20,11 @@ GRANT = "urn:ibm:params:oauth:grant-type:apikey"
 
 
 async def token(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
+    return await exchange(request, request.app[CTX].auth)
+
+
+async def exchange(request: web.Request, auth: JobAuth) -> web.Response:
+    """The exchange against one JobAuth (a job's proxy's, or a relay's: qproxy.proxy.relay)."""
     if request.content_length is not None and request.content_length > 64 * 1024:
         raise PolicyError(413, "token request too large")
     raw = await request.content.read(64 * 1024 + 1)
@@ -31,9 +36,9 @@ async def token(request: web.Request) -> web.Response:
     apikey = form.get("apikey", [""])[0]
     if grant != GRANT:
         raise PolicyError(400, f"unsupported grant_type; use {GRANT}")
-    if not apikey or not ctx.auth.check_token(apikey):
+    if not apikey or not auth.check_token(apikey):
         raise PolicyError(401, "invalid API key for this Slurm job's QPU proxy")
-    jwt_token, exp = ctx.auth.mint()
+    jwt_token, exp = auth.mint()
     body = {
         "access_token": jwt_token,
         "refresh_token": "not_supported",
