@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.multinode.support import MultiCluster, script_env
+from tests.multinode.support import CtlEmulatorReader, MultiCluster, script_env
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,3 +54,12 @@ def mn() -> Iterator[MultiCluster]:
         if not os.environ.get("QPROXY_KEEP_CLUSTER"):
             subprocess.run([sys.executable, str(c.script), "down"], env=script_env(),
                            check=False, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def multinode_cluster(mn: MultiCluster) -> MultiCluster:
+    """The 3-node cluster as tests/multinode/test_lane_budget.py uses it: QPU jobs in the
+    `quantum` partition, the emulator read from the controller's namespace."""
+    mn.qpu_args = ["-p", "quantum"]  # type: ignore[attr-defined]
+    mn.upstream_reader = lambda: CtlEmulatorReader(mn)  # type: ignore[attr-defined]
+    return mn

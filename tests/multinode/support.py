@@ -128,3 +128,40 @@ class MultiCluster(Cluster):
     def cancel(self, *job_ids: str) -> None:
         if job_ids:
             self.exec("scancel", *job_ids)
+
+
+_READ = """
+import json, sys
+from qproxy.emulator.reader import EmulatorReader
+url, key, what = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+r = EmulatorReader(url, key)
+if what["op"] == "get":
+    print(json.dumps(r.get(what["path"])))
+else:
+    print(json.dumps(r.jobs_since(what["t0"], pending=what.get("pending"))))
+"""
+
+
+class CtlEmulatorReader:
+    """The emulator as the centre sees it (the vendor key), read from inside the controller
+    namespace: it listens on the controller's address, which the host cannot reach."""
+
+    def __init__(self, cluster: MultiCluster) -> None:
+        import tomllib
+
+        conf = tomllib.loads((cluster.state / "nodes" / NODE_NAMES[0] / "qproxy.toml")
+                            .read_text())
+        self.url = conf["upstreams"]["emulator"]["iam_url"]
+        self.cluster = cluster
+
+    def _ask(self, what: dict[str, object]) -> object:
+        out = self.cluster.exec(sys.executable, "-c", _READ, self.url,
+                                self.cluster.vendor_secret(), json.dumps(what), timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def get(self, path: str) -> object:
+        return self._ask({"op": "get", "path": path})
+
+    def jobs_since(self, t0: float, *, pending: bool | None = None) -> list[dict[str, object]]:
+        return self._ask({"op": "jobs", "t0": t0, "pending": pending})  # type: ignore[return-value]

@@ -103,11 +103,11 @@ def test_heterogeneous_job(mn: MultiCluster) -> None:
     assert "needs QPU lanes from Slurm" in out, out
 
 
-def test_two_node_qpu_job_today(mn: MultiCluster) -> None:
-    """`sbatch -N 2 -L ibm_fez:1 --q_backend=ibm_fez`: each node's prolog starts its own
-    proxy holding the job's one lane, task init works on both nodes, and each node books its
-    own usage line: one licence, two lanes' worth of proxies (multi-node lane accounting in
-    the proxy is not designed yet; this pins today's behaviour)."""
+def test_two_node_qpu_job_one_primary_one_relay(mn: MultiCluster) -> None:
+    """`sbatch -N 2 -L ibm_fez:1 --q_backend=ibm_fez`: the first node's prolog starts the
+    job's primary proxy (vendor key, the job's one lane), the other node's a relay to it
+    (no key); task init works on both nodes and each books a usage line with its role.
+    The lane budget itself across nodes: test_lane_budget.py."""
     job = mn.submit("srun -l bash -c 'echo \"$(hostname) $QISKIT_IBM_URL lanes=$QPU_LANES\"; "
                     f"{BACKENDS}'\n", "-N", "2", *QPU)
     out = job.output()
@@ -116,5 +116,5 @@ def test_two_node_qpu_job_today(mn: MultiCluster) -> None:
     assert len(hosts) == 2, out
     assert out.count("IBMBackend('ibm_fez')") == 2, out
     assert out.count("lanes=1") == 2, out
-    for node in hosts:
-        assert mn.wait_usage(node, job.id)["lanes"] == 1
+    roles = {mn.wait_usage(node, job.id).get("role") for node in hosts}
+    assert roles == {"primary", "relay"}, roles
