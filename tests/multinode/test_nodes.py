@@ -118,3 +118,22 @@ def test_two_node_qpu_job_one_primary_one_relay(mn: MultiCluster) -> None:
     assert out.count("lanes=1") == 2, out
     roles = {mn.wait_usage(node, job.id).get("role") for node in hosts}
     assert roles == {"primary", "relay"}, roles
+
+
+def test_gres_qpu_is_attached_to_its_node(mn: MultiCluster) -> None:
+    """The GRES mapping is a QPU attached to particular nodes (qnode1 here holds the qpu
+    GRES, 3 lanes; the others none): GRES jobs all run on qnode1, and one more than its
+    lanes waits (reason Resources) while the other nodes have nothing allocated. The licence mapping is
+    the cluster-wide one (test_accounting: more jobs than lanes pend on Licenses)."""
+    ids = [mn.submit("sleep 60\n", "-p", "quantum", "--gres=qpu:1", "-o", "/dev/null",
+                     wait=False).id for _ in range(4)]
+    try:
+        running = [mn.wait_state(i, {"RUNNING"}, timeout=60) for i in ids[:3]]
+        assert {f["NodeList"] for f in running} == {"qnode1"}, running
+        pending = mn.wait_state(ids[3], {"PENDING"}, timeout=30)
+        assert pending["Reason"] == "Resources", pending
+        # free CPUs elsewhere ("plnd": backfill has planned a pending job there, still free)
+        others = mn.exec("sinfo", "-h", "-n", "qnode2,qnode3", "-o", "%t").stdout.split()
+        assert others and not set(others) & {"alloc", "mix"}, others
+    finally:
+        mn.cancel(*ids)
