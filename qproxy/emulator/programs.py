@@ -20,8 +20,9 @@ import numpy as np
 
 from .backends import Device
 from .errors import ApiError
+from .estimate import estimate
 from .qasm import load_qasm3
-from .simulate import JobFailure, check_isa, estimate, flatten_boxes, sample_circuit
+from .simulate import JobFailure, check_isa, flatten_boxes, sample_circuit
 
 DEFAULT_SHOTS = 4096
 DEFAULT_PRECISION = 0.015625
