@@ -14,6 +14,7 @@ import copy
 import importlib
 import json
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import Any
 from qiskit.transpiler import Target
 
 DEFAULT_BACKENDS = ("fake_fez", "fake_torino")
+# a served name is a URL path segment (/backends/NAME/status) and a Slurm --q_backend value
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NOISE_CACHE_SIZE = 64
 
 
@@ -161,6 +164,7 @@ class Device:
     def status_doc(self, queue_length: int) -> dict[str, Any]:
         """``GET /backends/{name}/status`` (the client maps state/status/length_queue)."""
         return {
+            "backend_name": self.name,
             "state": True,
             "status": "active",
             "message": "available",
@@ -172,23 +176,35 @@ class Device:
 def parse_backends(spec: str) -> list[tuple[str, str]]:
     """``"fake_fez,ibm_kyiv=fake_kyiv"`` -> ``[("fake_fez", "fake_fez"), ("ibm_kyiv", ...)]``.
 
-    ``name=fake`` serves a fake device under another name (e.g. the real device's name, so
-    job scripts written for the real service run unchanged).
+    ``NAME=MODEL`` serves the device model MODEL (a ``qiskit_ibm_runtime.fake_provider``
+    class) under NAME, e.g. the real device's name so that job scripts written for the real
+    service run unchanged; a plain MODEL is served under its own name. Every document the
+    API serves for it (configuration, properties, status, ``GET /backends``) carries NAME.
+    The model is checked when the device is built (``Device``); this checks the syntax.
     """
     out: list[tuple[str, str]] = []
     for part in spec.split(","):
         part = part.strip()
         if not part:
             continue
-        name, _, fake = part.partition("=")
-        out.append((name.strip(), (fake or name).strip()))
+        name, eq, model = part.partition("=")
+        name, model = name.strip(), (model if eq else name).strip()
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"--backends: invalid backend name {name!r} in {part!r}")
+        if not model:
+            raise ValueError(f"--backends: no device model after '=' in {part!r}")
+        if name in (n for n, _ in out):
+            raise ValueError(f"--backends: backend {name!r} is given twice")
+        out.append((name, model))
     if not out:
         raise ValueError("no backends given")
     return out
 
 
 def parse_lanes(spec: str | None, names: list[str]) -> dict[str, int]:
-    """``"2"`` (every backend) or ``"fake_fez=2,fake_torino=1"`` -> lanes per backend."""
+    """``"2"`` (every backend) or ``"ibm_fez=2,fake_torino=1"`` -> lanes per backend.
+
+    Names are the served names (the left side of ``--backends NAME=MODEL``)."""
     lanes = dict.fromkeys(names, 1)
     if not spec:
         return lanes
@@ -201,7 +217,10 @@ def parse_lanes(spec: str | None, names: list[str]) -> dict[str, int]:
         name, _, value = part.partition("=")
         name = name.strip()
         if name not in lanes:
-            raise ValueError(f"--lanes names unknown backend {name!r}")
+            raise ValueError(
+                f"--lanes names unknown backend {name!r} (served: {', '.join(names)}; "
+                "use the served name, not the device model)"
+            )
         n = int(value)
         if n < 1:
             raise ValueError("lanes must be >= 1")

@@ -14,11 +14,18 @@ warmed for another backend and each rebuilt the models (several seconds at 133-1
 Memory: each worker holds only its own backend's models (one noise model per lane, where a
 shared pool's workers would each end up holding every backend's). The number of lanes whose
 warm-up has finished is ``Scheduler.lanes_warm`` (``GET /health`` reports it). A worker that
-dies (its pool is then broken) is replaced, and the fresh one warmed up again; workers exit
-by themselves if the emulator process dies (``worker.exit_with``).
+dies (its pool is then broken) is replaced, and the fresh one warmed up again.
 
-The event loop never blocks on a simulation; a small thread pool builds the noise model the
-submit-time checks use in this process.
+Cancel means stop: the worker runs each job in a fork of itself, and cancelling a running
+job sends the job's serial down the lane's cancel pipe, on which the worker kills the fork
+(see worker.py); the lane takes its next job at once, on the same warm worker. Workers are
+started with the ``spawn`` method, so they are children of this process and the kernel kills
+them when it dies (``worker.die_with_parent``); ``stop`` kills them outright, so a SIGTERM
+does not wait for a warm-up or a simulation to finish.
+
+The event loop never blocks on a simulation, and this process never builds a noise model:
+submit-time checks only decode and validate (it used to build each device's model here too,
+unused: ~7 s of CPU per 156-qubit device at start).
 """
 
 from __future__ import annotations
@@ -27,14 +34,16 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from typing import Any
 
 from ..runtime_api import ACTIVE_STATES, CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING
@@ -80,6 +89,7 @@ class Job:
     finished: float | None = None
     result: str | None = None
     seed: int = 0
+    serial: int = 0  # submission number: names the job on its lane's cancel pipe
     log_lines: list[str] = field(default_factory=list)
 
     @property
@@ -162,6 +172,17 @@ class Job:
 
 
 @dataclass
+class Lane:
+    """One lane's worker: its single-process pool, the pipe that cancels its running job,
+    the worker's pid once warm, and the job it is running."""
+
+    pool: ProcessPoolExecutor
+    cancel: Connection
+    pid: int | None = None
+    job: Job | None = None
+
+
+@dataclass
 class Session:
     """A dedicated session or a batch (``mode``)."""
 
@@ -216,18 +237,17 @@ class Scheduler:
         self._counter = 0
         self._queues: dict[str, asyncio.Queue[Job]] = {}
         self._workers: list[asyncio.Task[None]] = []
-        # light work (noise-model warm-up for submit-time checks) stays in a thread
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm")
         # simulations run in worker processes, one pinned to each lane (see worker.py and
-        # the module docstring); forkserver: workers start from a clean process, not a fork
-        # of this threaded one
-        self._mp = multiprocessing.get_context("forkserver")
-        self._procs: dict[tuple[str, int], ProcessPoolExecutor] = {
-            (name, lane): self._new_executor()
+        # the module docstring); spawn: workers start from a clean process, not a fork of
+        # this threaded one, and (unlike forkserver's) are our children, so they can be
+        # told to die with us
+        self._mp = multiprocessing.get_context("spawn")
+        self._procs: dict[tuple[str, int], Lane] = {
+            (name, lane): self._new_lane()
             for name, device in devices.items()
             for lane in range(device.lanes)
         }
-        self._warming: dict[tuple[str, int], asyncio.Future[bool]] = {}
+        self._warming: dict[tuple[str, int], asyncio.Future[int]] = {}
         self._warm: set[tuple[str, int]] = set()
 
     @property
@@ -240,50 +260,58 @@ class Scheduler:
         as not warm)."""
         return len(self._warm)
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=1, mp_context=self._mp, initializer=worker.exit_with,
-            initargs=(os.getpid(),),
+    def _new_lane(self) -> Lane:
+        reader, writer = self._mp.Pipe(duplex=False)
+        pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=self._mp, initializer=worker.init_worker,
+            initargs=(os.getpid(), reader),
         )
+        return Lane(pool, writer)
+
+    def _replace_worker(self, device: Device, lane: int) -> None:
+        old = self._procs[(device.name, lane)]
+        _kill_pool(old)
+        old.cancel.close()
+        self._procs[(device.name, lane)] = self._new_lane()
+        self._warm_up(device, lane)
 
     def _warm_up(self, device: Device, lane: int) -> None:
         """Have the lane's own worker build its device's models; record when it is done."""
         key = (device.name, lane)
         self._warm.discard(key)
+        lane_state = self._procs[key]
         fut = asyncio.get_running_loop().run_in_executor(
-            self._procs[key], worker.warm_up, device.name, device.fake_name
+            lane_state.pool, worker.warm_up, device.name, device.fake_name
         )
         self._warming[key] = fut
 
-        def done(f: asyncio.Future[bool]) -> None:
+        def done(f: asyncio.Future[int]) -> None:
             exc = None if f.cancelled() else f.exception()
             if f.cancelled() or self._warming.get(key) is not f:
                 return  # stopped, or a replaced worker's
             if exc is not None:
                 log.warning("warm-up of %s lane %d failed: %r", device.name, lane, exc)
             else:
+                lane_state.pid = f.result()
                 self._warm.add(key)
 
         fut.add_done_callback(done)
 
     async def start(self) -> None:
         """Start the lane workers and build the noise models in the background."""
-        loop = asyncio.get_running_loop()
         for name, device in self.devices.items():
             queue: asyncio.Queue[Job] = asyncio.Queue()
             self._queues[name] = queue
             for lane in range(device.lanes):
                 self._warm_up(device, lane)
                 self._workers.append(asyncio.create_task(self._lane(device, lane, queue)))
-            loop.run_in_executor(self._pool, device.noise_model)
 
     async def stop(self) -> None:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for procs in self._procs.values():
-            procs.shutdown(wait=False, cancel_futures=True)
+        for lane in self._procs.values():
+            _kill_pool(lane)
 
     def queue_length(self, backend: str) -> int:
         return sum(1 for j in self.jobs.values() if j.backend == backend and j.state == QUEUED)
@@ -327,6 +355,7 @@ class Scheduler:
             private=private,
             runtime=runtime,
             seed=seed,
+            serial=self._counter,
         )
         job.log(f"job queued on {device.name} (program {program_id}, seed {seed})")
         self.jobs[job.id] = job
@@ -348,10 +377,21 @@ class Scheduler:
         if job.final:
             raise ApiError(409, f"Job {job.id} is already in a final state ({job.state}).", 1307)
         job.set_final(CANCELLED, reason)
+        self._stop_execution(job)
+
+    def _stop_execution(self, job: Job) -> None:
+        """Kill a cancelled job's simulation if a lane is running it (see worker.py): its
+        worker kills the job's process and the lane is free for the next job at once."""
+        for lane in self._procs.values():
+            if lane.job is job:
+                try:
+                    lane.cancel.send(job.serial)
+                except OSError:  # the worker is gone; the lane replaces it
+                    pass
 
     def delete(self, job: Job) -> None:
         if not job.final:
-            job.set_final(CANCELLED, "Deleted by user.")
+            self.cancel(job, "Deleted by user.")
         self.jobs.pop(job.id, None)
 
     async def _lane(self, device: Device, lane: int, queue: asyncio.Queue[Job]) -> None:
@@ -369,13 +409,15 @@ class Scheduler:
             job.state = RUNNING
             job.running = time.time()
             job.log(f"job running on {device.name} lane {lane}")
+            lane_state = self._procs[key]
+            lane_state.job = job
             try:
-                (pid, (outcome, result, code)), _ = await asyncio.gather(
+                (pid, job_pid, (outcome, result, code)), _ = await asyncio.gather(
                     loop.run_in_executor(
-                        self._procs[key], worker.run_job_in_worker, job.program_id,
-                        device.name, device.fake_name, job.params, job.seed,
+                        lane_state.pool, worker.run_job_in_worker, job.program_id,
+                        device.name, device.fake_name, job.params, job.seed, job.serial,
                     ),
-                    asyncio.sleep(self.min_job_seconds),
+                    self._hold(job),
                 )
             except JobFailure as exc:
                 if not job.final:
@@ -384,9 +426,7 @@ class Scheduler:
             except BrokenProcessPool as exc:
                 log.error("worker of %s lane %d died (job %s); starting a new one",
                           device.name, lane, job.id)
-                self._procs[key].shutdown(wait=False, cancel_futures=True)
-                self._procs[key] = self._new_executor()
-                self._warm_up(device, lane)
+                self._replace_worker(device, lane)
                 if not job.final:
                     job.set_final(FAILED, f"Internal error while running the job: {exc}", 1500)
                 continue
@@ -395,14 +435,39 @@ class Scheduler:
                 if not job.final:
                     job.set_final(FAILED, f"Internal error while running the job: {exc}", 1500)
                 continue
-            job.log(f"executed by worker process {pid}")
+            finally:
+                lane_state.job = None
+            job.log(f"executed by worker process {pid} (job process {job_pid})")
             if job.final:
+                if outcome == "cancelled":
+                    job.log(f"simulation stopped {time.time() - (job.finished or 0):.3f} s "
+                            "after the cancel")
                 continue
             if outcome == "failed":
                 job.set_final(FAILED, result, code)
             else:
                 job.result = result
                 job.set_final(COMPLETED)
+
+    async def _hold(self, job: Job) -> None:
+        """Keep a job Running at least ``min_job_seconds``, unless it is cancelled."""
+        deadline = time.monotonic() + self.min_job_seconds
+        while not job.final and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.05))
+
+
+def _kill_pool(lane: Lane) -> None:
+    """Stop a lane's pool and kill its worker now (with it, the job process it runs): a
+    shutdown would wait for the warm-up or simulation in progress (a SIGTERM during a 156-
+    qubit warm-up took over 20 s to exit). The pool's process table is private API."""
+    procs = getattr(lane.pool, "_processes", None) or {}  # shutdown() drops it: read first
+    pids = set(procs) | ({lane.pid} if lane.pid else set())
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    lane.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _new_id() -> str:

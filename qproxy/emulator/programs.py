@@ -20,7 +20,9 @@ import numpy as np
 
 from .backends import Device
 from .errors import ApiError
-from .simulate import JobFailure, check_isa, estimate, flatten_boxes, sample_circuit
+from .estimate import estimate
+from .qasm import load_qasm3
+from .simulate import JobFailure, check_isa, flatten_boxes, sample_circuit
 
 DEFAULT_SHOTS = 4096
 DEFAULT_PRECISION = 0.015625
@@ -68,13 +70,31 @@ def _pubs(decoded: dict[str, Any]) -> list[Any]:
     return pubs
 
 
-def _circuit_of(pub: Any) -> Any:
+def _circuit_of(pub: Any, index: int) -> Any:
+    """A pub's circuit: QPY (decoded by the RuntimeDecoder) or an OpenQASM 3 string."""
     from qiskit import QuantumCircuit
 
-    circ = pub[0] if isinstance(pub, list | tuple) and pub else pub
+    circ = _first(pub)
+    if isinstance(circ, str):
+        return load_qasm3(circ, f"pub {index}")
     if not isinstance(circ, QuantumCircuit):
-        raise ApiError(400, "Each pub must start with a QuantumCircuit.", 1400)
+        raise ApiError(
+            400, "Each pub must start with a circuit (QPY or an OpenQASM 3 string).", 1400
+        )
     return circ
+
+
+def _first(pub: Any) -> Any:
+    return pub[0] if isinstance(pub, list | tuple) and pub else pub
+
+
+def _widen(circuit: Any, width: int) -> Any:
+    """The circuit on ``width`` qubits: the extra ones (higher indices) stay idle."""
+    from qiskit.circuit import Qubit
+
+    out = circuit.copy()
+    out.add_bits([Qubit() for _ in range(width - circuit.num_qubits)])
+    return out
 
 
 def _execution_meta(start: datetime, stop: datetime, sizes: list[int]) -> dict[str, Any]:
@@ -91,8 +111,8 @@ def prepare_sampler(device: Device, params: Any) -> Prepared:
     options = decoded.get("options") or {}
     default_shots = int(options.get("default_shots") or DEFAULT_SHOTS)
     items: list[tuple[Any, Any, int]] = []
-    for pub in pubs:
-        circ = flatten_boxes(_circuit_of(pub))
+    for k, pub in enumerate(pubs):
+        circ = flatten_boxes(_circuit_of(pub, k))
         values = pub[1] if isinstance(pub, list | tuple) and len(pub) > 1 else None
         shots = pub[2] if isinstance(pub, list | tuple) and len(pub) > 2 else None
         shots = int(shots or default_shots)
@@ -142,8 +162,8 @@ def prepare_estimator(device: Device, params: Any) -> Prepared:
     if options.get("default_shots"):
         default_precision = 1.0 / math.sqrt(int(options["default_shots"]))
     items: list[tuple[Any, Any, Any, float]] = []
-    for pub in pubs:
-        circ = flatten_boxes(_circuit_of(pub))
+    for k, pub in enumerate(pubs):
+        circ = flatten_boxes(_circuit_of(pub, k))
         if not isinstance(pub, list | tuple) or len(pub) < 2:
             raise ApiError(400, "An estimator pub needs a circuit and observables.", 1400)
         observables = pub[1]
@@ -155,9 +175,18 @@ def prepare_estimator(device: Device, params: Any) -> Prepared:
         try:
             from qiskit.primitives.containers.observables_array import ObservablesArray
 
-            ObservablesArray.coerce(observables)
+            width = ObservablesArray.coerce(observables).num_qubits
         except Exception as exc:  # noqa: BLE001 - client input
             raise ApiError(400, f"Invalid observables: {exc}", 1400) from None
+        if isinstance(_first(pub), str) and circ.num_qubits < width <= device.num_qubits:
+            # OpenQASM 3 names physical qubits ($n), and a circuit loaded from it only
+            # spans up to the highest one used; the observables span the device's layout
+            circ = _widen(circ, width)
+        if width != circ.num_qubits:
+            raise ApiError(
+                400, f"pub {k}: the observables act on {width} qubits but the circuit has "
+                f"{circ.num_qubits}.", 1400,
+            )  # fmt: skip
         items.append((circ, observables, values, precision))
 
     def run(seed: int) -> str:

@@ -271,15 +271,15 @@ async def patch_session(request: web.Request) -> web.Response:
 
 
 async def close_session(request: web.Request) -> web.Response:
-    """``DELETE /sessions/{id}/close``: close the session and cancel its queued jobs."""
+    """``DELETE /sessions/{id}/close``: close the session and cancel its unfinished jobs."""
     sched = _sched(request)
     sess = _session(request)
     sess.accepting_jobs = False
     sess.state = "closed"
     sess.closed = time.time()
-    for job in sched.jobs.values():
+    for job in list(sched.jobs.values()):
         if job.session_id == sess.id and not job.final:
-            job.set_final("Cancelled", "Session closed.")
+            sched.cancel(job, "Session closed.")  # a running one is stopped too
     return web.Response(status=204)
 
 

@@ -154,22 +154,29 @@ def _plan(circuit: QuantumCircuit, extra_qubits: set[int]) -> tuple[list[_Bin], 
     group_list = sorted((sorted(g) for g in groups.values()), key=len, reverse=True)
     if feed_forward and group_list:
         group_list = [sorted({q for g in group_list for q in g})]
-    for g in group_list:
+    return [_Bin(b) for b in pack_groups(group_list)], readout_only
+
+
+def pack_groups(groups: list[list[int]], limit: int = PACK_QUBITS) -> list[list[int]]:
+    """Pack independent qubit groups (largest first) into simulation bins of at most
+    ``limit`` qubits (a larger group is a bin of its own); refuse a group over
+    ``MAX_GROUP_QUBITS``."""
+    for g in groups:
         if len(g) > MAX_GROUP_QUBITS:
             raise JobFailure(
                 f"The emulator cannot simulate {len(g)} mutually entangled qubits "
                 f"(limit {MAX_GROUP_QUBITS}).",
                 1500,
             )
-    bins: list[_Bin] = []
-    for g in group_list:
+    bins: list[list[int]] = []
+    for g in sorted(groups, key=len, reverse=True):
         for b in bins:
-            if len(b.qubits) + len(g) <= PACK_QUBITS:
-                b.qubits.extend(g)
+            if len(b) + len(g) <= limit:
+                b.extend(g)
                 break
         else:
-            bins.append(_Bin(list(g)))
-    return bins, readout_only
+            bins.append(list(g))
+    return bins
 
 
 def _has_feed_forward(circuit: QuantumCircuit) -> bool:
@@ -307,116 +314,3 @@ def sample_circuit(
         idx = [circuit.find_bit(bit).index for bit in creg]
         out[creg.name] = flat[..., idx]
     return out
-
-
-def _pauli_on(term: str, qubits: list[int]) -> str:
-    """Restrict a little-endian Pauli label to ``qubits`` (must be identity elsewhere)."""
-    n = len(term)
-    return "".join(term[n - 1 - q] for q in reversed(qubits))
-
-
-def estimate(
-    device: Device,
-    circuit: QuantumCircuit,
-    observables: Any,
-    values: np.ndarray | None,
-    precision: float,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Expectation values of a pub: ``(evs, stds, metadata)`` shaped like the pub.
-
-    The noisy state is simulated exactly (density matrix, gate and relaxation noise; readout
-    error left out because IBM's estimator mitigates it by default with TREX), then each Pauli
-    term gets the shot noise of ``ceil(1/precision^2)`` shots, so ``stds`` are honest.
-    """
-    from qiskit.primitives.containers.bindings_array import BindingsArray
-    from qiskit.primitives.containers.estimator_pub import EstimatorPub
-    from qiskit.primitives.containers.observables_array import ObservablesArray
-    from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
-
-    obs = ObservablesArray.coerce(observables)
-    nparams = circuit.num_parameters
-    if nparams:
-        if values is None:
-            raise JobFailure("The circuit has parameters but no parameter values were given.")
-        values = np.asarray(values, dtype=float)
-        pshape = values.shape[:-1]
-    else:
-        values = None
-        pshape = ()
-    shape = np.broadcast_shapes(obs.shape, pshape)
-    support: set[int] = set()
-    terms_per_obs: dict[tuple[int, ...], dict[str, float]] = {}
-    for idx in np.ndindex(obs.shape):
-        terms = obs[idx]
-        terms_per_obs[idx] = terms
-        for label in terms:
-            n = len(label)
-            support.update(n - 1 - i for i, ch in enumerate(label) if ch != "I")
-    qindex = {q: i for i, q in enumerate(circuit.qubits)}
-    for inst in circuit.data:
-        if inst.operation.name not in ("barrier", "delay"):
-            support.update(qindex[q] for q in inst.qubits)
-    qubits = sorted(support)
-    if len(qubits) > MAX_GROUP_QUBITS:
-        raise JobFailure(
-            f"The emulator cannot estimate on {len(qubits)} qubits (limit {MAX_GROUP_QUBITS}).",
-        )
-    sub, _ = _sub_circuit(circuit, qubits, compact=True)
-    sub.remove_final_measurements(inplace=True)
-    unique: list[str] = sorted(
-        {_pauli_on(label, qubits) for terms in terms_per_obs.values() for label in terms}
-    )
-    unique_real = [u for u in unique if set(u) - {"I"}]
-    shots = max(1, math.ceil(1.0 / precision**2))
-    rng = np.random.default_rng(seed)
-    n_sets = math.prod(pshape) if pshape else 1
-    term_ev: dict[str, np.ndarray] = {u: np.ones(pshape) for u in unique}
-    if unique_real and qubits:
-        noise = device.noise_model_for(tuple(qubits), readout=False)
-        est = AerEstimatorV2(options=_aer_options(noise, qubits, seed))
-        if nparams:
-            assert values is not None
-            param_pos = {p.name: i for i, p in enumerate(circuit.parameters)}
-            cols = [param_pos[p.name] for p in sub.parameters]
-            flat = values.reshape(n_sets, nparams)[:, cols]
-            ba = BindingsArray({tuple(sub.parameters): flat}) if sub.num_parameters else None
-        else:
-            ba = None
-        obs_list = ObservablesArray([[{u: 1.0}] for u in unique_real])
-        pub = (
-            EstimatorPub.coerce((sub, obs_list, ba))
-            if ba is not None
-            else EstimatorPub.coerce((sub, obs_list))
-        )
-        evs_raw = np.asarray(est.run([pub]).result()[0].data.evs, dtype=float)
-        evs_raw = np.broadcast_to(
-            evs_raw, (len(unique_real), n_sets) if ba is not None else (len(unique_real), 1)
-        )
-        for t, u in enumerate(unique_real):
-            exact = np.clip(evs_raw[t], -1.0, 1.0)
-            exact = np.broadcast_to(exact, (n_sets,)).copy()
-            plus = rng.binomial(shots, (1.0 + exact) / 2.0)
-            term_ev[u] = (2.0 * plus / shots - 1.0).reshape(pshape)
-    evs = np.zeros(shape)
-    stds = np.zeros(shape)
-    for idx in np.ndindex(shape):
-        oidx = tuple(
-            i if s > 1 else 0
-            for i, s in zip(idx[len(idx) - len(obs.shape) :], obs.shape, strict=True)
-        )
-        pidx = tuple(
-            i if s > 1 else 0 for i, s in zip(idx[len(idx) - len(pshape) :], pshape, strict=True)
-        )
-        total = 0.0
-        var = 0.0
-        for label, coeff in terms_per_obs[oidx].items():
-            u = _pauli_on(label, qubits)
-            ev = float(term_ev[u][pidx]) if pshape else float(term_ev[u])
-            total += float(np.real(coeff)) * ev
-            if set(u) - {"I"}:
-                var += float(np.real(coeff)) ** 2 * max(0.0, 1.0 - ev * ev) / shots
-        evs[idx] = total
-        stds[idx] = math.sqrt(var)
-    meta = {"shots": shots, "target_precision": precision, "num_randomizations": 1}
-    return evs, stds, meta

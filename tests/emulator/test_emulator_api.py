@@ -13,7 +13,7 @@ import pytest
 import requests
 from qiskit import QuantumCircuit
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(400)]
 
 PREFIXES = ("/api/v1", "/experimental/api/v1")
 
@@ -190,6 +190,10 @@ def test_errors_keep_the_api_shape(emulator) -> None:  # type: ignore[no-untyped
 
 
 def test_job_life_cycle(emulator) -> None:  # type: ignore[no-untyped-def]
+    from qproxy.emulator.reader import EmulatorReader
+
+    # the first job waits for its lane's warm-up, which takes minutes on a loaded machine
+    assert EmulatorReader(emulator.url, emulator.api_key).wait_warm(300)
     h = auth(emulator)
     api = emulator.url + "/api/v1"
     r = requests.post(

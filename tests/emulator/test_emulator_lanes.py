@@ -13,8 +13,11 @@ import pytest
 from qiskit import QuantumCircuit
 from qiskit.transpiler.preset_passmanagers import generate_preset_pass_manager
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+from qproxy.emulator.reader import EmulatorReader
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 HOLD = 1.5
+WARM_TIMEOUT = 300
 
 
 def _ts(value: str) -> float:
@@ -44,6 +47,9 @@ def test_two_lanes_run_concurrently(start_emulator, client_env_for) -> None:  # 
     emu = start_emulator(
         backends="fake_torino", lanes="2", extra_args=["--min-job-seconds", str(HOLD)]
     )
+    # a lane takes jobs once warm; on a loaded machine (load 13-16 on 2 cores seen) one
+    # lane's warm-up can finish long after the other's, and it would run both jobs
+    assert EmulatorReader(emu.url, emu.api_key).wait_warm(WARM_TIMEOUT)
     client_env_for(emu)
     (s1, e1), (s2, e2) = run_two(QiskitRuntimeService())
     overlap = min(e1, e2) - max(s1, s2)
@@ -56,6 +62,7 @@ def test_one_lane_runs_serially(start_emulator, client_env_for) -> None:  # type
     emu = start_emulator(
         backends="fake_torino", lanes="fake_torino=1", extra_args=["--min-job-seconds", str(HOLD)]
     )
+    assert EmulatorReader(emu.url, emu.api_key).wait_warm(WARM_TIMEOUT)
     client_env_for(emu)
     (s1, e1), (s2, e2) = run_two(QiskitRuntimeService())
     first, second = sorted([(s1, e1), (s2, e2)])
