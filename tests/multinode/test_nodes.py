@@ -123,8 +123,9 @@ def test_two_node_qpu_job_one_primary_one_relay(mn: MultiCluster) -> None:
 def test_gres_qpu_is_attached_to_its_node(mn: MultiCluster) -> None:
     """The GRES mapping is a QPU attached to particular nodes (qnode1 here holds the qpu
     GRES, 3 lanes; the others none): GRES jobs all run on qnode1, and one more than its
-    lanes waits (reason Resources) while the other nodes have nothing allocated. The licence mapping is
-    the cluster-wide one (test_accounting: more jobs than lanes pend on Licenses)."""
+    lanes waits (reason Resources) while the other nodes have nothing allocated. The
+    licence mapping is the cluster-wide one (test_accounting: more jobs than lanes pend on
+    Licenses)."""
     ids = [mn.submit("sleep 60\n", "-p", "quantum", "--gres=qpu:1", "-o", "/dev/null",
                      wait=False).id for _ in range(4)]
     try:
