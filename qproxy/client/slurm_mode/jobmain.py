@@ -10,12 +10,11 @@ appears already finds it.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 from pathlib import Path
 
 from qproxy.client import qrun
-from qproxy.client.payload import atomic_write
+from qproxy.client.slurm_mode import targetcache
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +23,7 @@ def main(argv: list[str]) -> int:
         from qiskit_ibm_runtime import QiskitRuntimeService
 
         backend = QiskitRuntimeService().backend(os.environ["QPU_BACKEND"])
-        atomic_write(Path(target_out), pickle.dumps(backend.target))
+        targetcache.write(Path(target_out), backend)
     except Exception as exc:  # noqa: BLE001 - the cache is an optimisation only
         print(f"qrun: note: could not cache the target: {exc}", file=sys.stderr)
     return qrun.main([kind, payload, output])

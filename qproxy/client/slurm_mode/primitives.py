@@ -11,7 +11,6 @@ the proxy; only ``run()`` calls ``sbatch``.
 from __future__ import annotations
 
 import os
-import pickle
 import shlex
 import sys
 import threading
@@ -27,7 +26,7 @@ from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.primitives.containers.sampler_pub import SamplerPub
 
 from qproxy.client.payload import write_payload
-from qproxy.client.slurm_mode import guard
+from qproxy.client.slurm_mode import guard, targetcache
 from qproxy.client.slurm_mode.errors import InFlightLimitError, SlurmSubmitError
 from qproxy.client.slurm_mode.job import (
     EXIT_CODE,
@@ -166,7 +165,7 @@ class _SlurmPrimitive:
         raise NotImplementedError
 
     def _target_path(self) -> Path:
-        return self.slurm_options.workdir / ".targets" / f"{self.slurm_options.backend}.pickle"
+        return targetcache.path_for(self.slurm_options.workdir, self.slurm_options.backend)
 
     def _cached_target(self) -> Any:
         """The device target a previous job cached (same user's work dir), if fresh."""
@@ -178,10 +177,10 @@ class _SlurmPrimitive:
             if time.time() - path.stat().st_mtime > o.target_ttl:
                 return None
             if self._target is None or self._target[0] != path.stat().st_mtime:
-                self._target = (path.stat().st_mtime, pickle.loads(path.read_bytes()))
+                self._target = (path.stat().st_mtime, targetcache.read(path))
             return self._target[1]
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # absent, stale, not ours, or not a cache: the job transpiles
 
     def _submit(self, kind: str, pubs: list[Any], **defaults: Any) -> SlurmPrimitiveJob:
         o = self.slurm_options
