@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from qproxy.proxy.context import CTX
+from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
 
 GRANT = "urn:ibm:params:oauth:grant-type:apikey"
@@ -32,7 +33,10 @@ async def token(request: web.Request) -> web.Response:
     if grant != GRANT:
         raise PolicyError(400, f"unsupported grant_type; use {GRANT}")
     if not apikey or not ctx.auth.check_token(apikey):
+        ctx.unauth.allow()  # a failed exchange spends the unauthenticated budget too
         raise PolicyError(401, "invalid API key for this Slurm job's QPU proxy")
+    request["authenticated"] = True
+    refuse_unaudited(ctx.audit)
     jwt_token, exp = ctx.auth.mint()
     body = {
         "access_token": jwt_token,
