@@ -277,8 +277,11 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
 
     app = create_app(ctx)
     px = conf.proxy
+    # read_bufsize: what aiohttp buffers of a body nobody reads yet (a submission waiting for
+    # its lane). Measured with 100 parallel 1.9 MB POSTs: +84 MB peak RSS at the default
+    # 64 KiB, +25 MB at 16 KiB (the rest is asyncio's 256 KiB reads).
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
-                           keepalive_timeout=px.keepalive_timeout_seconds)
+                           keepalive_timeout=px.keepalive_timeout_seconds, read_bufsize=2**14)
     await runner.setup()
     assert runner.server is not None
     guard = ConnGuard(runner.server, px, job_uid(args.user))

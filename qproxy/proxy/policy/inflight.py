@@ -5,8 +5,10 @@ max-size POSTs would otherwise hold 100 of them (measured: 6.4 GB for 64 MiB bod
 root proxy or the node OOMs). A body is read only once its size fits in
 ``[proxy].inflight_bytes``; until then it stays in the kernel's socket buffers (aiohttp stops
 reading a connection whose buffer is full), and the sender simply waits. The reservation is
-the body's declared length (``max_request_bytes`` without one) and lasts until the request
-is done, since its parsed and re-serialised copies live that long too.
+``COPIES`` times the body's declared length (``max_request_bytes`` without one), capped at
+the budget, and lasts until the request is done: the raw body, its parsed form and the
+re-serialised upstream copy live that long (measured: one 1.9 MB submission raised the
+proxy's peak RSS by 5.3 MB, 2.8x).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from qproxy.proxy.policy.errors import PolicyError
+
+COPIES = 3
 
 
 class InflightBudget:
@@ -29,7 +33,7 @@ class InflightBudget:
     @asynccontextmanager
     async def hold(self, size: int) -> AsyncIterator[float]:
         """Reserve ``size`` bytes (waiting for them); yields the seconds waited."""
-        size = max(0, min(size, self.capacity))
+        size = max(0, min(size * COPIES, self.capacity))
         loop = asyncio.get_running_loop()
         start = loop.time()
         async with self._cond:
