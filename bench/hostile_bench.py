@@ -117,7 +117,7 @@ def peak_rss(cfg: Path, work: Path, body_bytes: int, parallel: int) -> dict[str,
                 raise RuntimeError(f"unexpected statuses {sorted(set(statuses))}")
             figures[label] = common.status_kb(px.proc.pid, "VmHWM") / 1024
     sub = figures["subject"]
-    return {"bench": f"9. peak RSS, {parallel} x {body_bytes >> 20} MiB POSTs",
+    return {"bench": f"9. peak RSS, {parallel} x {body_bytes / 2**20:.0f} MiB POSTs",
             "baseline_peak_mb": round(figures["baseline"], 1), "subject_peak_mb": round(sub, 1),
             "ratio": round(sub / figures["baseline"], 3), "target": "<= 256 MB",
             "ok": sub <= 256}
