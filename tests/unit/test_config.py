@@ -185,14 +185,18 @@ def _upstream(**override: str) -> str:
 
 @pytest.mark.parametrize(("override", "problem"), [
     ({"url": '"ftp://h/api"'},
-     '[upstreams.emu].url must be an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "ftp://h/api"'),
+     '[upstreams.emu].url must be '
+      'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "ftp://h/api"'),
     ({"url": '"127.0.0.1:8290/api/v1"'},
-     '[upstreams.emu].url must be an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost),'
+     '[upstreams.emu].url must be '
+      'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost),'
      ' got "127.0.0.1:8290/api/v1"'),
     ({"iam_url": '"https://"'},
-     '[upstreams.emu].iam_url must be an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "https://"'),
+     '[upstreams.emu].iam_url must be '
+      'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "https://"'),
     ({"iam_url": '"http://[::1"'},  # urlsplit raises on this one
-     '[upstreams.emu].iam_url must be an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost),'
+     '[upstreams.emu].iam_url must be '
+      'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost),'
      ' got "http://[::1"'),
     ({"instance": '""'}, '[upstreams.emu].instance must be non-empty, got ""'),
     ({"api_key_secret": '""'}, '[upstreams.emu].api_key_secret must be non-empty, got ""'),
@@ -218,7 +222,8 @@ def test_resource_upstream_must_be_defined(tmp_path: Path) -> None:
     ]
     # an upstream that is itself invalid is reported as such, not as undefined
     assert _problems(tmp_path, _upstream(url='"x"') + RESOURCE) == [
-        '[upstreams.emu].url must be an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "x"'
+        '[upstreams.emu].url must be '
+         'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "x"'
     ]
 
 
@@ -248,7 +253,8 @@ upstream = "emu"
         "  [paths].state_dir must be a string (a path), got 3",
         '  [proxy].lanes_mode must be "wait" or "refuse", got "queue"',
         "  [proxy].spares must be >= 0, got -1",
-        '  [upstreams.emu].url must be an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "ftp://x"',
+        '  [upstreams.emu].url must be '
+         'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "ftp://x"',
         '  [upstreams.emu].instance must be non-empty, got ""',
         "  [upstreams.emu].api_key_secret is required",
         '  [resources.ibm_fez].lanes must be an integer, got "2"',
