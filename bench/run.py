@@ -187,6 +187,12 @@ def section_slurm(work: Path, quick: bool) -> list[dict[str, Any]]:
     return slurm_bench.run(work, quick)
 
 
+def section_hostile(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import hostile_bench
+
+    return hostile_bench.run(work, quick)
+
+
 SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "1": section_requests,  # also 2
     "3": section_e2e,
@@ -195,6 +201,7 @@ SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "6": section_slurm,
     "7": section_emulator,
     "8": section_slurm_mode,  # issue 6: primitive calls as their own Slurm jobs
+    "9": section_hostile,  # a hostile neighbour: audit bytes, peak RSS, victim p99
 }
 
 

@@ -58,6 +58,26 @@ def _is_http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_upstream_url(value: str) -> bool:
+    """https:// anywhere, plain http:// only to a loopback address: the proxy sends the
+    centre's key over it, and only there can it check who listens (docs/security.md)."""
+    if not _is_http_url(value):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme == "https" or _is_loopback_host(parts.hostname or "")
+
+
 def _upstream_kinds() -> frozenset[str]:
     """Owned by the upstream seam's table (a dict of strings: nothing heavy is imported)."""
     from qproxy.proxy.upstream import KINDS
@@ -77,7 +97,9 @@ def port_range(value: str) -> tuple[int, int] | None:
 _POSITIVE = _rule("> 0", lambda v: v > 0)
 _NOT_NEGATIVE = _rule(">= 0", lambda v: v >= 0)
 _NON_EMPTY = _rule("non-empty", bool)
-_HTTP_URL = _rule("an http:// or https:// URL with a host", _is_http_url)
+_UPSTREAM_URL = _rule(
+    "an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost)",
+    _is_upstream_url)
 
 
 @dataclass(frozen=True)
@@ -112,15 +134,41 @@ class ProxySettings:
         lambda v: port_range(v) is not None))
     # How long a non-first node's prolog waits for the primary to publish its address.
     relay_wait_seconds: float = field(default=30.0, metadata=_POSITIVE)
+    # --- hostile neighbours (docs/security.md) ---
+    # Per-job audit log size cap (bytes): past it one audit_full record, then the job's
+    # authenticated requests get 503 (never unaudited work). 0 = no cap.
+    audit_max_bytes: int = field(default=64 * 1024 * 1024, metadata=_NOT_NEGATIVE)
+    # Unauthenticated requests (anyone on the node can send them): a token bucket per proxy,
+    # refill per second and burst; past it 429. They are audited as one summary record per
+    # unauth_summary_seconds with counts, never one record each.
+    unauth_rate: float = field(default=20.0, metadata=_POSITIVE)
+    unauth_burst: int = field(default=50, metadata=_POSITIVE)
+    unauth_summary_seconds: float = field(default=10.0, metadata=_POSITIVE)
+    # Open connections: at most max_connections in all, of which connections from uids other
+    # than the job's (and root) hold at most max_connections_others (nginx's limit_conn).
+    max_connections: int = field(default=256, metadata=_POSITIVE)
+    max_connections_others: int = field(default=16, metadata=_NOT_NEGATIVE)
+    # Seconds from a connection's (or a keep-alive request's) first byte to its complete
+    # headers (nginx client_header_timeout); a new connection gets this long for them too.
+    client_header_timeout_seconds: float = field(default=10.0, metadata=_POSITIVE)
+    # Longest wait for the next chunk of a request body (nginx client_body_timeout): 408.
+    client_body_timeout_seconds: float = field(default=30.0, metadata=_POSITIVE)
+    # Idle keep-alive connections close after this long, and after this many requests.
+    keepalive_timeout_seconds: float = field(default=75.0, metadata=_POSITIVE)
+    keepalive_requests: int = field(default=1000, metadata=_POSITIVE)
+    # Request bodies held in memory at once, all requests together (bytes): a body is read
+    # only once its size fits (a submission also takes its lane first). Must be at least
+    # max_request_bytes (load() checks).
+    inflight_bytes: int = field(default=128 * 1024 * 1024, metadata=_POSITIVE)
 
 
 @dataclass(frozen=True)
 class UpstreamSettings:
     name: str
     # Runtime API base, e.g. https://quantum.cloud.ibm.com/api/v1 or http://127.0.0.1:8290/api/v1
-    url: str = field(metadata=_HTTP_URL)
+    url: str = field(metadata=_UPSTREAM_URL)
     # IAM base (token endpoint is {iam_url}/identity/token), e.g. https://iam.cloud.ibm.com
-    iam_url: str = field(metadata=_HTTP_URL)
+    iam_url: str = field(metadata=_UPSTREAM_URL)
     # Instance CRN sent upstream as Service-CRN.
     instance: str = field(metadata=_NON_EMPTY)
     # Name of the entry in the secrets file holding this upstream's API key.
@@ -145,6 +193,9 @@ class Resource:
     backend: str = field(metadata=_NON_EMPTY)
     # Execution lanes of this device (the GRES count / licence count per device).
     lanes: int = field(default=1, metadata=_rule(">= 1", lambda v: v >= 1))
+    # Whether jobs may open sessions in "dedicated" mode (the whole device for one user);
+    # otherwise only "batch" sessions. Open sessions count against the job's lanes.
+    dedicated_sessions: bool = False
     # Empty tuples mean "everyone".
     allowed_users: tuple[str, ...] = ()
     allowed_accounts: tuple[str, ...] = ()
@@ -179,6 +230,9 @@ class Config:
     secrets_key_file: Path = field(metadata=_paths_key("/etc/qproxy/secrets.key"))
     # Shared by every node (like munge.key), root-only: authenticates relayed requests.
     cluster_key_file: Path = field(metadata=_paths_key("/etc/qproxy/cluster.key"))
+    # HMAC key of the audit chain (root only, created 0600 on first use). Default:
+    # audit.key next to secrets_file. Must not be inside audit_dir.
+    audit_key_file: Path = field(metadata=_paths_key(""))
     upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     resources: dict[str, Resource] = field(default_factory=dict)
     accounting: AccountingSettings = field(default_factory=AccountingSettings)
@@ -336,11 +390,21 @@ def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
     paths: dict[str, Path] = {}
     for f in fields(Config):
         if "paths_default" in f.metadata:
-            p = given.get(f.name, Path(f.metadata["paths_default"]))
+            default = f.metadata["paths_default"]
+            if f.name not in given and not default:
+                continue  # derived below
+            p = given.get(f.name, Path(default))
             paths[f.name] = p if p.is_absolute() else path.parent / p
+    paths.setdefault("audit_key_file", paths["secrets_file"].parent / "audit.key")
+    if paths["audit_key_file"].resolve().is_relative_to(paths["audit_dir"].resolve()):
+        problems.append("[paths].audit_key_file must not be inside audit_dir (whoever can "
+                        "write the logs must not read the key that signs them)")
 
     proxy = _build(ProxySettings, "[proxy]", section("proxy"), problems)
     accounting = _build(AccountingSettings, "[accounting]", section("accounting"), problems)
+    if proxy is not None and proxy.inflight_bytes < proxy.max_request_bytes:
+        problems.append(f"[proxy].inflight_bytes ({proxy.inflight_bytes}) must be at least "
+                        f"max_request_bytes ({proxy.max_request_bytes})")
 
     upstream_tables = section("upstreams")
     upstreams: dict[str, UpstreamSettings] = {}

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -17,7 +18,6 @@ from .backends import DEFAULT_BACKENDS, Device, parse_backends, parse_lanes
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8290
-DEFAULT_API_KEY = "qproxy-emulator-default-key"
 API_KEY_ENV = "QPROXY_EMULATOR_API_KEY"
 
 
@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
     p.add_argument("--lanes", default=None, help="N for every backend, or NAME=N,NAME=N")
-    p.add_argument("--api-key-file", default=None, help="accepted API keys, one per line")
+    p.add_argument("--api-key-file", default=None,
+                   help="accepted API keys, one per line (mode 0600; created with a random "
+                   "key if it does not exist)")
     p.add_argument("--ready-file", default=None, help="write {url, port, pid} here when ready")
     p.add_argument(
         "--min-job-seconds",
@@ -53,9 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _create_key_file(path: str) -> None:
+    """A new key file with one random key, 0600, never overwriting (O_EXCL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"emu-{secrets.token_urlsafe(32)}\n")
+    print(f"qproxy emulator: created {path} with a random API key (mode 0600)",
+          file=sys.stderr)
+
+
 def load_api_keys(path: str | None) -> list[str]:
-    """--api-key-file lines, else $QPROXY_EMULATOR_API_KEY, else the documented dev default."""
+    """--api-key-file lines (the file is created with a random key if missing), else
+    $QPROXY_EMULATOR_API_KEY; no key at all is refused. There is no default key: a published
+    one is a key every local user knows, and whoever knows it can run work on the centre's
+    account (or, the other way round, bind the port and collect the proxies' key)."""
     if path:
+        if not os.path.exists(path):
+            _create_key_file(path)
+        st = os.stat(path)
+        if st.st_mode & 0o077:
+            raise ValueError(f"{path} is accessible by group/others (chmod 600 {path})")
         with open(path) as fh:
             keys = [line.strip() for line in fh if line.strip() and not line.startswith("#")]
         if not keys:
@@ -63,12 +82,8 @@ def load_api_keys(path: str | None) -> list[str]:
         return keys
     if os.environ.get(API_KEY_ENV):
         return [os.environ[API_KEY_ENV]]
-    print(
-        f"qproxy emulator: WARNING: no --api-key-file or ${API_KEY_ENV}; accepting the "
-        f"public dev default key {DEFAULT_API_KEY!r}",
-        file=sys.stderr,
-    )
-    return [DEFAULT_API_KEY]
+    raise ValueError(f"no API key: give --api-key-file FILE (created with a random key, mode "
+                     f"0600, if it does not exist) or set ${API_KEY_ENV}")
 
 
 def write_ready_file(path: str, host: str, port: int) -> None:
@@ -128,8 +143,8 @@ def main(argv: list[str]) -> int:
     try:
         pairs = parse_backends(args.backends)
         lanes = parse_lanes(args.lanes, [name for name, _ in pairs])
-        keys = load_api_keys(args.api_key_file)
         devices = {name: Device(name, fake, lanes=lanes[name]) for name, fake in pairs}
+        keys = load_api_keys(args.api_key_file)
     except (ValueError, OSError) as exc:
         print(f"qproxy emulator: {exc}", file=sys.stderr)
         return 2

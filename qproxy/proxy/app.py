@@ -1,8 +1,11 @@
 """aiohttp app factory: the route table and the cross-cutting middlewares.
 
-Middlewares, outermost first: audit (one hash-chained record per request, whatever happens),
-errors (policy refusals and any failure become the Runtime API error shape — never a
-traceback), auth (everything but the IAM exchange needs this job's token or JWT).
+Middlewares, outermost first: conn (tells the connection guard, connlimit.py, when a request
+is in progress, and closes a connection after keepalive_requests), audit (one HMAC-chained
+record per authenticated request, whatever happens; unauthenticated ones only counted, see
+policy/unauth.py), errors (policy refusals and any failure become the Runtime API error shape
+— never a traceback), auth (everything but the IAM exchange needs this job's token or JWT;
+authenticated work that could not be audited is refused with 503, never done unaudited).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from qproxy.proxy.context import CTX, JobContext
+from qproxy.proxy.audit import AuditUnavailable, bound
+from qproxy.proxy.context import CTX, GUARD, JobContext
+from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.relayauth import RELAY_HEADER
 from qproxy.proxy.routes import iam
@@ -44,11 +49,43 @@ RUNTIME_ROUTES: list[tuple[str, str, Handler]] = [
     ("PUT", "/jobs/{id}/tags", rt.job_tags),
     ("POST", "/sessions", rt.create_session),
     ("GET", "/sessions/{id}", rt.get_session),
-    ("PATCH", "/sessions/{id}", rt.session_passthrough),
-    ("DELETE", "/sessions/{id}/{what:close}", rt.session_passthrough),
+    ("PATCH", "/sessions/{id}", rt.update_session),
+    ("DELETE", "/sessions/{id}/close", rt.close_session),
     ("GET", "/instances/usage", rt.usage),
     ("GET", "/workloads", rt.workloads),
 ]
+
+
+@web.middleware
+async def conn_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    guard = request.app.get(GUARD)
+    conn = guard.of(request.transport) if guard is not None else None
+    if conn is None:
+        return await handler(request)
+    keep = conn.started()
+    try:
+        resp = await handler(request)
+        if not keep:
+            resp.force_close()
+        return resp
+    finally:
+        conn.finished()
+
+
+def _write_audit(ctx: JobContext, event: str, **fields: Any) -> None:
+    """An audit record; a full or failing log is logged once, never an error for the job
+    (authenticated work is refused up front while the log cannot take records: auth_mw)."""
+    try:
+        ctx.audit.record(event, **fields)
+    except AuditUnavailable as exc:
+        if ctx.audit.lost <= 1:
+            log.warning("job %s: audit record not written: %s", ctx.job_id, exc)
+
+
+def flush_unauthenticated(ctx: JobContext) -> None:
+    summary = ctx.unauth.take_summary()
+    if summary is not None:
+        _write_audit(ctx, "unauthenticated", **summary)
 
 
 @web.middleware
@@ -68,32 +105,38 @@ async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse
         status = 499
         raise
     finally:
-        bytes_in = int(request.get("bytes_in", request.content_length or 0))
-        if "bytes_out" in request:
-            bytes_out = int(request["bytes_out"])
-        elif isinstance(resp, web.Response) and isinstance(resp.body, bytes):
-            bytes_out = len(resp.body)
+        if not request.get("authenticated"):
+            # anyone on the node can send these: counted, summarised, never one record each
+            ctx.unauth.count(status, request.method, request.path)
+            if ctx.unauth.due():
+                flush_unauthenticated(ctx)
         else:
-            bytes_out = 0
-        ctx.stats["requests"] += 1
-        ctx.stats["bytes_in"] += bytes_in
-        ctx.stats["bytes_out"] += bytes_out
-        extra: dict[str, Any] = request.get("audit", {})
-        trace = resp.get(TRACE) if resp is not None else None
-        if trace is not None:
-            extra = {**extra, "trace": trace}
-            log.info("job %s: %s %s -> %d (trace %s)", ctx.job_id, request.method,
-                     request.path[:200], status, trace)
-        ctx.audit.record(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-            latency_ms=round((time.monotonic() - start) * 1000, 1),
-            **extra,
-        )
+            _audit_request(ctx, request, resp, status, start)
+
+
+def _audit_request(ctx: JobContext, request: web.Request, resp: web.StreamResponse | None,
+                   status: int, start: float) -> None:
+    bytes_in = int(request.get("bytes_in", request.content_length or 0))
+    if "bytes_out" in request:
+        bytes_out = int(request["bytes_out"])
+    elif isinstance(resp, web.Response) and isinstance(resp.body, bytes):
+        bytes_out = len(resp.body)
+    else:
+        bytes_out = 0
+    ctx.stats["requests"] += 1
+    ctx.stats["bytes_in"] += bytes_in
+    ctx.stats["bytes_out"] += bytes_out
+    extra: dict[str, Any] = request.get("audit", {})
+    trace = resp.get(TRACE) if resp is not None else None
+    if trace is not None:
+        extra = {**extra, "trace": trace}
+        log.info("job %s: %s %s -> %d (trace %s)", ctx.job_id, request.method[:16],
+                 request.path[:200], status, trace)
+    fields = {**bound(extra), "method": request.method[:16], "path": bound(request.path)}
+    if len(request.path) > 256:
+        fields["path_len"] = len(request.path)
+    _write_audit(ctx, "request", status=status, bytes_in=bytes_in, bytes_out=bytes_out,
+                 latency_ms=round((time.monotonic() - start) * 1000, 1), **fields)
 
 
 @web.middleware
@@ -107,13 +150,14 @@ async def error_mw(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         reason = "unknown route" if exc.status == 404 else exc.reason
-        return error_response(exc.status, f"{reason}: {request.method} {request.path}")
+        return error_response(exc.status,
+                              f"{reason}: {request.method[:16]} {bound(request.path, 200)}")
     except UpstreamError as exc:
         return error_response(502, str(exc))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:  # noqa: BLE001 - never a traceback to the job
-        log.exception("internal error on %s %s", request.method, request.path)
+        log.exception("internal error on %s %s", request.method[:16], request.path[:200])
         return error_response(500, "internal proxy error")
 
 
@@ -121,11 +165,18 @@ async def error_mw(request: web.Request, handler: Handler) -> web.StreamResponse
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     if RELAY_HEADER in request.headers:  # only the relay listener takes relayed requests
         raise PolicyError(401, f"{RELAY_HEADER} is not accepted on this listener")
+    ctx = request.app[CTX]
     if request.path == IAM_TOKEN_PATH:
-        return await handler(request)
-    reason = request.app[CTX].auth.check_header(request.headers.get("Authorization"))
+        if ctx.unauth.exhausted():  # before its form body is read
+            raise PolicyError(429, "too many unauthenticated requests to this QPU proxy")
+        return await handler(request)  # marks the request authenticated once the key is ok
+    reason = ctx.auth.check_header(request.headers.get("Authorization"))
     if reason is not None:
+        if not ctx.unauth.allow():
+            raise PolicyError(429, "too many unauthenticated requests to this QPU proxy")
         raise PolicyError(401, reason)
+    request["authenticated"] = True
+    refuse_unaudited(ctx.audit)
     return await handler(request)
 
 
@@ -133,7 +184,7 @@ def create_app(ctx: JobContext, relay_auth: Middleware | None = None) -> web.App
     """``relay_auth``: the primary's relay listener (qproxy.proxy.relaylisten), whose auth
     replaces the job token's and which serves no IAM exchange."""
     app = web.Application(
-        middlewares=[audit_mw, error_mw, relay_auth or auth_mw],
+        middlewares=[conn_mw, audit_mw, error_mw, relay_auth or auth_mw],
         client_max_size=ctx.config.proxy.max_request_bytes,
     )
     app[CTX] = ctx

@@ -1,142 +1,286 @@
-"""Per-job audit log: JSON lines written through structlog, hash-chained against tampering.
+"""Per-job audit log: JSON lines, an HMAC chain against tampering, a size cap, a final record.
 
 Each record carries ``seq``, ``prev`` (the previous record's hash; 64 zeros for the first)
-and ``hash`` = sha256 over the record's canonical JSON (sorted keys, without ``hash``).
-Editing a record breaks its hash, deleting or reordering records breaks the ``seq``/``prev``
-links; the summary file records the last hash so truncation is detectable too. Callers must
-never pass tokens or secrets: records hold only ids, sizes, statuses and policy decisions.
+and ``hash`` = HMAC-SHA256 under the centre's audit key (``[paths].audit_key_file``, root
+only, outside ``audit_dir``) over the record's canonical JSON (sorted keys, without ``hash``);
+a log opened without a key (older logs, tools) uses plain sha256 and says so in its first
+record (``chain``). Editing a record breaks its hash, deleting or reordering records breaks
+the ``seq``/``prev`` links, and -- because nobody without the key can compute a valid hash --
+a rewritten log cannot be re-chained. Every writer ends with a signed ``close`` record, so a
+log cut at its tail (or whose writer died) is reported by ``qproxy audit verify``.
+
+Bounded on purpose (docs/security.md): every string field is cut at ``FIELD_MAX`` characters
+(with its length and a hash of the whole), ordinary records stop at ``max_bytes`` with one
+``audit_full`` record, and a write that fails (ENOSPC, EIO) is undone (the file is truncated
+back to its last complete record) and raises :class:`AuditUnavailable` for the caller to
+refuse work it cannot audit. The framing records (start, summary, close, job_end) may use a
+small reserve above the cap so that a full log still ends properly.
+
+Callers must never pass tokens or secrets: records hold only ids, sizes, statuses and policy
+decisions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
-from collections.abc import MutableMapping
+import secrets
+import stat
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
 GENESIS = "0" * 64
+# A user controls paths, backend names, ids and messages built from them: an 8 KB path must
+# not become 16 KB of audit log (it did: JSON-escaped control bytes, twice, before this cap).
+FIELD_MAX = 256
+# Room above the cap for the records that frame a log (summary, close, the epilog's job_end).
+RESERVE = 64 * 1024
+FRAMING = frozenset({"start", "summary", "close", "audit_full", "audit_gap", "job_end"})
+# How long after a failed write the log is tried again (a cleaned disk comes back).
+RETRY_SECONDS = 1.0
+KEY_BYTES = 32
+
+
+class AuditUnavailable(RuntimeError):
+    """The record could not be written (log full, or the disk refused it)."""
 
 
 def canonical(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
-def record_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(canonical(body)).hexdigest()
+def record_hash(record: dict[str, Any], key: bytes | None = None) -> str:
+    body = canonical({k: v for k, v in record.items() if k != "hash"})
+    if key is None:
+        return hashlib.sha256(body).hexdigest()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
-class _Chain:
-    """structlog processor adding seq/prev/hash."""
-
-    def __init__(self, seq: int = 0, head: str = GENESIS) -> None:
-        self.seq = seq
-        self.head = head
-
-    def __call__(
-        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        event["seq"] = self.seq
-        event["prev"] = self.head
-        event["hash"] = record_hash(dict(event))
-        self.seq += 1
-        self.head = event["hash"]
-        return event
+def bound(value: Any, limit: int = FIELD_MAX) -> Any:
+    """``value`` with every string cut to ``limit`` characters: a cut string keeps its head
+    and says how long it was and what it hashed to (so two long paths stay distinguishable)."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return value
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return f"{value[:limit]}...[{len(value)} chars, sha256:{digest}]"
+    if isinstance(value, dict):
+        return {bound(k, 64): bound(v, limit) for k, v in list(value.items())[:32]}
+    if isinstance(value, list | tuple):
+        return [bound(v, limit) for v in value[:32]]
+    return value
 
 
-def _timestamp(
-    _logger: Any, _name: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    event["time"] = datetime.now(UTC).isoformat(timespec="milliseconds")
-    return event
+# ---------------------------------------------------------------------------- the key
+class AuditKeyError(OSError):
+    """The audit key file is missing, unreadable or not root's own."""
 
 
-def _render(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
-    return canonical(dict(event)).decode()
+def _check_key_file(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise AuditKeyError(f"audit key {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise AuditKeyError(f"audit key {path} is accessible by group/others (chmod 600 {path})")
+    if st.st_uid not in (0, os.geteuid()):
+        raise AuditKeyError(f"audit key {path} is owned by uid {st.st_uid}, not root")
 
 
-def _tail(path: Path) -> tuple[int, str]:
-    """Continue an existing chain (a restarted proxy appends to the same file)."""
+def load_key(path: Path, *, create: bool = False) -> bytes:
+    """The audit HMAC key; with ``create`` a missing file is made (random, 0600, O_EXCL)."""
+    if create:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.write(fd, secrets.token_hex(KEY_BYTES).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise AuditKeyError(f"cannot read audit key {path}: {exc.strerror}") from None
+    try:
+        _check_key_file(path, os.fstat(fd))
+        raw = os.read(fd, 4096).strip()
+    finally:
+        os.close(fd)
+    if len(raw) < KEY_BYTES:
+        raise AuditKeyError(f"audit key {path} is too short")
+    return raw
+
+
+# ---------------------------------------------------------------------------- the writer
+def _head_and_tail(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int]:
+    """First and last record of an existing log and its size (a restarted proxy and the
+    epilog append to it). Records are bounded, so the tail is in the last 64 KiB."""
     try:
         with path.open("rb") as fh:
-            last = b""
-            for line in fh:
-                if line.strip():
-                    last = line
-        if last:
-            rec = orjson.loads(last)
-            return int(rec["seq"]) + 1, str(rec["hash"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return 0, GENESIS
+            first_line = fh.readline(RESERVE)
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - RESERVE))
+            tail = fh.read().splitlines()
+    except OSError:
+        return None, None, 0
+
+    def parse(raw: bytes) -> dict[str, Any] | None:
+        try:
+            rec = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return rec if isinstance(rec, dict) and "hash" in rec else None
+
+    last = next((r for r in map(parse, reversed(tail)) if r is not None), None)
+    return parse(first_line), last, size
 
 
 class AuditLog:
-    """``structured=False`` sends records through the same processors without structlog, so
-    the lines are identical: for one-off writers on a latency path (the epilog appends one
-    record while the QPU lane waits for it; importing structlog costs ~40 ms there)."""
+    """One job's audit log. ``key``: the HMAC key (None: read the key file the log's first
+    record names, if it is root's; else plain sha256). ``structured`` is accepted for older
+    callers: records are rendered the same way either way (one ``os.write`` per record, so the
+    size cap and a failing disk are exact, and nothing sits in a buffer)."""
 
-    def __init__(self, path: Path, *, structured: bool = True, **context: Any) -> None:
+    def __init__(self, path: Path, *, structured: bool = True, key: bytes | None = None,
+                 key_file: Path | None = None, max_bytes: int = 0,
+                 clock: Callable[[], float] = time.monotonic, **context: Any) -> None:
+        del structured
         self.path = path
-        self._structured = structured
         path.parent.mkdir(parents=True, exist_ok=True)
-        seq, head = _tail(path)
-        self._chain = _Chain(seq, head)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh: TextIO = os.fdopen(fd, "a", encoding="utf-8")
+        first, last, self.size = _head_and_tail(path)
+        if key is None and key_file is None and first is not None and first.get("key_file"):
+            key_file = Path(str(first["key_file"]))
+        if key is None and key_file is not None:
+            key = load_key(key_file)
+        self._key = key
+        self._key_file = key_file
+        self.seq = int(last["seq"]) + 1 if last and isinstance(last.get("seq"), int) else 0
+        self.head = str(last["hash"]) if last else GENESIS
+        self.max_bytes = max_bytes
+        self.full = False
+        self.failed: str | None = None  # why the last write failed, until one succeeds
+        self.lost = 0  # records that could not be written since the last success
+        self._retry_at = 0.0
+        self._clock = clock
+        self._wrote = False
         self._context = context
-        self._log: Any = None
-
-    def _logger(self) -> Any:
-        """structlog on first use: importing it (~40 ms, it pulls in asyncio) must not delay
-        the proxy's env file, which a job's launch waits for; the file is open already."""
-        if self._log is None:
-            import structlog
-
-            self._log = structlog.wrap_logger(
-                structlog.WriteLogger(self._fh),
-                processors=[_timestamp, self._chain, _render],
-                context_class=dict,
-                cache_logger_on_first_use=True,
-            ).bind(**self._context)
-        return self._log
-
-    @property
-    def head(self) -> str:
-        return self._chain.head
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
 
     @property
     def count(self) -> int:
-        return self._chain.seq
+        return self.seq
+
+    @property
+    def keyed(self) -> bool:
+        return self._key is not None
+
+    def chain_fields(self) -> dict[str, Any]:
+        """For the log's first record: how it is chained and with which key file."""
+        if self._key is None:
+            return {"chain": "sha256"}
+        return {"chain": "hmac-sha256", "key_file": str(self._key_file or "")}
+
+    def available(self) -> str | None:
+        """None if ordinary records can be written now, else why not (for the 503)."""
+        if self.full:
+            return f"this job's audit log reached its size limit of {self.max_bytes} bytes"
+        if self.failed is not None and self._clock() < self._retry_at:
+            return f"this job's audit log cannot be written ({self.failed})"
+        return None
 
     def record(self, event: str, **fields: Any) -> None:
-        if self._structured:
-            self._logger().info(event, **fields)
-            return
-        # what structlog's BoundLogger + WriteLogger do with this pipeline
-        event_dict: MutableMapping[str, Any] = {**self._context, **fields, "event": event}
-        for processor in (_timestamp, self._chain):
-            event_dict = processor(None, "info", event_dict)
-        self._fh.write(_render(None, "info", event_dict) + "\n")
-        self._fh.flush()
+        """Append one record; raise AuditUnavailable if it cannot be (full or failing)."""
+        framing = event in FRAMING
+        if not framing and (why := self.available()) is not None:
+            if not self.full:
+                self.lost += 1
+            raise AuditUnavailable(why)
+        try:
+            if self.lost:  # the disk is back: say how many records are missing first
+                self._write("audit_gap", {"lost_records": self.lost}, True)
+                self.lost = 0
+            self._write(event, fields if framing else bound(fields), framing)
+        except AuditUnavailable:
+            if not self.full:
+                self.lost += 1
+            raise
+
+    def _write(self, event: str, fields: dict[str, Any], framing: bool) -> None:
+        rec: dict[str, Any] = {**self._context, **fields, "event": event,
+                               "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                               "seq": self.seq, "prev": self.head}
+        rec["hash"] = record_hash(rec, self._key)
+        line = canonical(rec) + b"\n"
+        if not framing and self.max_bytes and self.size + len(line) > self.max_bytes:
+            self.full = True
+            self._write("audit_full", {"max_bytes": self.max_bytes, "size": self.size}, True)
+            raise AuditUnavailable(self.available() or "audit log full")
+        if framing and self.max_bytes and self.size + len(line) > self.max_bytes + RESERVE:
+            raise AuditUnavailable("audit log reserve exhausted")
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(28, "short write")
+        except OSError as exc:
+            self._undo(exc)
+            raise AuditUnavailable(f"audit write failed: {exc.strerror or exc}") from None
+        self.size += len(line)
+        self.seq += 1
+        self.head = rec["hash"]
+        self.failed = None
+        self._wrote = True
+
+    def _undo(self, exc: OSError) -> None:
+        """Cut a torn record off again so the chain stays intact for when the disk is back."""
+        self.failed = os.strerror(exc.errno) if exc.errno else str(exc)
+        self._retry_at = self._clock() + RETRY_SECONDS
+        try:
+            os.ftruncate(self._fd, self.size)
+        except OSError:
+            pass
 
     def close(self) -> None:
-        if self._fh.closed:
+        """The signed final record (if this writer wrote anything), then fsync and close."""
+        if self._fd < 0:
             return
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        if self._wrote:
+            try:
+                self._write("close", {"records": self.seq + 1, "lost_records": self.lost}, True)
+            except AuditUnavailable:
+                pass
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = -1
 
 
-def verify(path: Path, expect_head: str | None = None) -> tuple[bool, int, str]:
+# ---------------------------------------------------------------------------- verification
+def _trusted_key(rec: dict[str, Any] | None) -> bytes | None:
+    """The key a log's first record names, if that file is a root-owned 0600 key (a forger
+    could name a key file of their own, never one that root owns and only root reads)."""
+    if not rec or not rec.get("key_file"):
+        return None
+    return load_key(Path(str(rec["key_file"])))
+
+
+def verify(path: Path, expect_head: str | None = None, key: bytes | None = None,
+           require_final: bool = True) -> tuple[bool, int, str]:
     """Check the chain; return (ok, line number of the first problem or count, message).
 
-    ``expect_head`` (from summary.json) must be one of the chain's hashes: that detects
-    records cut off the end, which the chain alone cannot.
+    ``key``: the audit key (None: the root-owned key file the log names). A log chained with
+    a key must verify under it; a keyless log is reported as such. ``expect_head`` (from
+    summary.json) must be one of the chain's hashes; with ``require_final`` the last record
+    must be a writer's ``close`` record: both detect records cut off the end.
     """
     prev, seq = GENESIS, 0
     head_seen = expect_head is None
@@ -145,6 +289,7 @@ def verify(path: Path, expect_head: str | None = None) -> tuple[bool, int, str]:
     except OSError as exc:
         return False, 0, f"cannot read {path}: {exc.strerror}"
     lineno = 0
+    rec: Any = None
     for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
             return False, lineno, "empty line"
@@ -154,7 +299,14 @@ def verify(path: Path, expect_head: str | None = None) -> tuple[bool, int, str]:
             return False, lineno, "not valid JSON"
         if not isinstance(rec, dict) or "hash" not in rec:
             return False, lineno, "not an audit record"
-        if rec.get("hash") != record_hash(rec):
+        if lineno == 1 and rec.get("chain") == "hmac-sha256" and key is None:
+            try:
+                key = _trusted_key(rec)
+            except AuditKeyError as exc:
+                return False, lineno, f"cannot check the HMAC chain: {exc}"
+        if lineno == 1 and key is not None and rec.get("chain") != "hmac-sha256":
+            return False, lineno, "log is not HMAC-chained (written without the audit key)"
+        if rec.get("hash") != record_hash(rec, key):
             return False, lineno, "record was modified (hash mismatch)"
         if rec.get("seq") != seq or rec.get("prev") != prev:
             return False, lineno, "chain broken: a record was deleted, inserted or reordered"
@@ -163,4 +315,8 @@ def verify(path: Path, expect_head: str | None = None) -> tuple[bool, int, str]:
     if not head_seen:
         # Records may follow the proxy's summary (the epilog appends), never be cut before it.
         return False, lineno, "recorded head not in the chain (records removed at the end)"
-    return True, seq, f"ok: {seq} records, head {prev[:16]}"
+    if require_final and (not isinstance(rec, dict) or rec.get("event") != "close"):
+        return False, lineno, ("no final record: the log was cut at its end, or its writer "
+                               "is still running or died")
+    kind = "HMAC" if key is not None else "sha256 (unkeyed)"
+    return True, seq, f"ok: {seq} records, {kind} chain, head {prev[:16]}"

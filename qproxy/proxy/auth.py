@@ -82,6 +82,13 @@ class ExpiredJWT(InvalidJWT):
     pass
 
 
+MAX_HEADER = 4096
+
+
+def _wellformed(value: str) -> bool:
+    return value.isascii() and value.isprintable()
+
+
 def new_job_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -95,7 +102,11 @@ class JobAuth:
         self.clock = clock
 
     def check_token(self, presented: str) -> bool:
-        return hmac.compare_digest(presented.encode(), self._job_token.encode())
+        # Credentials are ASCII: anything else (aiohttp hands undecodable header bytes over
+        # as surrogates, which .encode() refuses) is simply wrong, never an exception.
+        if not _wellformed(presented):
+            return False
+        return hmac.compare_digest(presented.encode("ascii"), self._job_token.encode())
 
     def mint(self) -> tuple[str, int]:
         now = int(self.clock())
@@ -118,6 +129,8 @@ class JobAuth:
         """None if the Authorization header authenticates this job, else the reason."""
         if not header:
             return "missing Authorization header"
+        if not _wellformed(header) or len(header) > MAX_HEADER:
+            return "malformed Authorization header"
         scheme, _, value = header.partition(" ")
         scheme, value = scheme.lower(), value.strip()
         if scheme == "bearer" and value:

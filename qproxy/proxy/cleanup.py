@@ -28,8 +28,8 @@ class Ledger:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def append(self, kind: str, ident: str) -> None:
-        line = orjson.dumps({"kind": kind, "id": ident, "time": time.time()}) + b"\n"
+    def append(self, kind: str, ident: str, **extra: Any) -> None:
+        line = orjson.dumps({"kind": kind, "id": ident, "time": time.time(), **extra}) + b"\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, line)
@@ -57,9 +57,30 @@ def read_ledger(path: Path) -> tuple[list[str], list[str]]:
     return jobs, sessions
 
 
-async def _one_job(client: Upstream, job_id: str) -> tuple[bool, float]:
+def read_usage(path: Path) -> dict[str, float]:
+    """Booked quantum seconds per upstream job (``usage`` lines; see proxy/usage.py)."""
+    booked: dict[str, float] = {}
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return booked
+    for line in raw.splitlines():
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        value = rec.get("quantum_seconds") if isinstance(rec, dict) else None
+        if rec.get("kind") == "usage" and isinstance(value, int | float):
+            booked[str(rec.get("id"))] = float(value)
+    return booked
+
+
+async def _one_job(client: Upstream, job_id: str,
+                   booked: float | None = None) -> tuple[bool, float]:
     from qproxy.proxy.upstream.base import UpstreamError
 
+    if booked is not None:  # final when booked: nothing to cancel, and the figure stands
+        return False, booked
     cancelled = False
     try:
         code, doc, _ = await client.call("GET", f"/jobs/{job_id}")
@@ -69,25 +90,23 @@ async def _one_job(client: Upstream, job_id: str) -> tuple[bool, float]:
         code, metrics, _ = await client.call("GET", f"/jobs/{job_id}/metrics")
     except UpstreamError:
         return cancelled, 0.0
-    seconds = 0.0
-    if code == 200 and isinstance(metrics, dict):
-        usage = metrics.get("usage") or {}
-        value = usage.get("quantum_seconds") if isinstance(usage, dict) else None
-        if isinstance(value, int | float):
-            seconds = float(value)
-    return cancelled, seconds
+    from qproxy.proxy.usage import quantum_seconds
+
+    seconds = quantum_seconds(metrics) if code == 200 else None
+    return cancelled, seconds or 0.0
 
 
 async def cleanup(
-    client: Upstream, jobs: Iterable[str], sessions: Iterable[str]
+    client: Upstream, jobs: Iterable[str], sessions: Iterable[str],
+    booked: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Cancel active jobs, close sessions, sum quantum seconds."""
+    """Cancel active jobs, close sessions, sum quantum seconds (booked figures first)."""
     import asyncio
 
     from qproxy.proxy.upstream.base import UpstreamError
 
-    jobs, sessions = list(jobs), list(sessions)
-    results = await asyncio.gather(*(_one_job(client, j) for j in jobs))
+    jobs, sessions, booked = list(jobs), list(sessions), booked or {}
+    results = await asyncio.gather(*(_one_job(client, j, booked.get(j)) for j in jobs))
     for sid in sessions:
         try:
             await client.call("DELETE", f"/sessions/{sid}/close")
@@ -111,11 +130,12 @@ def cleanup_job(config: Config, resource_name: str, ledger_path: str | Path) -> 
     resource = config.resource(resource_name)
     upstream = config.upstream_for(resource)
     jobs, sessions = read_ledger(Path(ledger_path))
+    booked = read_usage(Path(ledger_path))
 
     async def run() -> dict[str, Any]:
         client = connect(upstream, get_secret(config, upstream.api_key_secret))
         try:
-            return await cleanup(client, jobs, sessions)
+            return await cleanup(client, jobs, sessions, booked)
         finally:
             await client.close()
 

@@ -11,11 +11,16 @@ from qproxy.config import Config, Resource, UpstreamSettings
 from qproxy.proxy.audit import AuditLog
 from qproxy.proxy.auth import JobAuth
 from qproxy.proxy.cleanup import Ledger
+from qproxy.proxy.connlimit import ConnGuard
 from qproxy.proxy.policy.backend import BackendPolicy
+from qproxy.proxy.policy.inflight import InflightBudget
 from qproxy.proxy.policy.isolation import Ownership
 from qproxy.proxy.policy.lanes import LaneGate
+from qproxy.proxy.policy.sessions import SessionPolicy
 from qproxy.proxy.policy.timelimit import TimeLimit
+from qproxy.proxy.policy.unauth import UnauthGate
 from qproxy.proxy.upstream.base import Upstream
+from qproxy.proxy.usage import UsageBook
 
 
 @dataclass
@@ -35,9 +40,15 @@ class JobContext:
     ledger: Ledger
     audit: AuditLog
     tags: list[str]
+    unauth: UnauthGate
+    inflight: InflightBudget
+    usage: UsageBook
+    sessions: SessionPolicy
     stats: dict[str, Any] = field(
         default_factory=lambda: {"requests": 0, "bytes_in": 0, "bytes_out": 0}
     )
 
 
 CTX: web.AppKey[JobContext] = web.AppKey("qproxy_ctx", JobContext)
+# The connection guard of the job's port (absent in in-process tests without one).
+GUARD: web.AppKey[ConnGuard] = web.AppKey("qproxy_guard", ConnGuard)

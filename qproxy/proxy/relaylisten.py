@@ -12,7 +12,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from qproxy.proxy.app import Handler, create_app
-from qproxy.proxy.context import JobContext
+from qproxy.proxy.context import CTX, JobContext
+from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.relayauth import (
     NODE_HEADER,
@@ -35,6 +36,9 @@ def relay_auth(listener: RelayListener) -> Middleware:
         if not check_relay_token(listener.key, listener.job_id,
                                  request.headers.get(RELAY_HEADER)):
             raise PolicyError(401, "not a relayed request of this Slurm job")
+        # relayed work is the job's own: audited one record each, refused when it cannot be
+        request["authenticated"] = True
+        refuse_unaudited(request.app[CTX].audit)
         return await handler(request)
 
     return relay_auth_mw

@@ -44,7 +44,7 @@ def _check_stopped(proc: subprocess.Popen[bytes], env_file: Path) -> dict[str, A
     summary = json.loads((env_file.parent / "summary.json").read_text())
     assert summary["upstream_jobs"] == 0 and summary["cancelled_at_shutdown"] == []
     ok, n, msg = verify(env_file.parent / "audit.jsonl", summary["audit_head"])
-    assert ok and n == 2 + summary["requests"], msg  # start, requests, summary
+    assert ok and n == 3 + summary["requests"], msg  # start, requests, summary, close
     return summary
 
 

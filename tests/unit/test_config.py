@@ -109,7 +109,10 @@ def test_unknown_backend(tmp_path: Path) -> None:
 PROXY_KNOWN = (
     "host, max_request_bytes, max_response_bytes, token_ttl_seconds, lanes_mode, "
     "lanes_wait_seconds, start_timeout_seconds, status_poll_seconds, spares, spare_idle_seconds, "
-    "relay_ports, relay_wait_seconds"
+    "relay_ports, relay_wait_seconds, "
+    "audit_max_bytes, unauth_rate, unauth_burst, unauth_summary_seconds, max_connections, "
+    "max_connections_others, client_header_timeout_seconds, client_body_timeout_seconds, "
+    "keepalive_timeout_seconds, keepalive_requests, inflight_bytes"
 )
 
 
@@ -128,7 +131,7 @@ PROXY_KNOWN = (
     ('[proxy]\nlanes_wait_seconds = "10"',
      '[proxy].lanes_wait_seconds must be a number, got "10"'),
     ("[proxy]\nhost = 127", "[proxy].host must be a string, got 127"),
-    ('[upstreams.emu]\nurl = "http://h"\niam_url = "http://h"\ninstance = "i"\n'
+    ('[upstreams.emu]\nurl = "https://h"\niam_url = "https://h"\ninstance = "i"\n'
      'api_key_secret = "k"\nverify_tls = "no"',
      '[upstreams.emu].verify_tls must be true or false, got "no"'),
     ("[paths]\nstate_dir = 3", "[paths].state_dir must be a string (a path), got 3"),
@@ -142,14 +145,15 @@ PROXY_KNOWN = (
     ('[proxy]\nlanes_mod = "wait"',
      f"[proxy].lanes_mod is not a known setting (known: {PROXY_KNOWN})"),
     ('[paths]\nstate = "x"', "[paths].state is not a known setting "
-     "(known: state_dir, audit_dir, secrets_file, secrets_key_file, cluster_key_file)"),
+     "(known: state_dir, audit_dir, secrets_file, secrets_key_file, cluster_key_file, "
+     "audit_key_file)"),
     ('[resources.ibm_fez]\nupstream = "emu"',
      "[resources.ibm_fez].backend is required"),
     ('[resources.ibm_fez]\nbackend = "fake_fez"',
      "[resources.ibm_fez].upstream is required"),
     ('[resources.ibm_fez]\nname = "x"\nupstream = "emu"\nbackend = "f"',
      "[resources.ibm_fez].name is not a known setting (known: upstream, backend, lanes, "
-     "allowed_users, allowed_accounts)"),
+     "dedicated_sessions, allowed_users, allowed_accounts)"),
     # values
     ('[proxy]\nlanes_mode = "queue"',
      '[proxy].lanes_mode must be "wait" or "refuse", got "queue"'),
@@ -183,14 +187,18 @@ def _upstream(**override: str) -> str:
 
 @pytest.mark.parametrize(("override", "problem"), [
     ({"url": '"ftp://h/api"'},
-     '[upstreams.emu].url must be an http:// or https:// URL with a host, got "ftp://h/api"'),
+     '[upstreams.emu].url must be '
+      'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "ftp://h/api"'),
     ({"url": '"127.0.0.1:8290/api/v1"'},
-     '[upstreams.emu].url must be an http:// or https:// URL with a host,'
+     '[upstreams.emu].url must be '
+      'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost),'
      ' got "127.0.0.1:8290/api/v1"'),
     ({"iam_url": '"https://"'},
-     '[upstreams.emu].iam_url must be an http:// or https:// URL with a host, got "https://"'),
+     '[upstreams.emu].iam_url must be '
+      'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "https://"'),
     ({"iam_url": '"http://[::1"'},  # urlsplit raises on this one
-     '[upstreams.emu].iam_url must be an http:// or https:// URL with a host,'
+     '[upstreams.emu].iam_url must be '
+      'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost),'
      ' got "http://[::1"'),
     ({"instance": '""'}, '[upstreams.emu].instance must be non-empty, got ""'),
     ({"api_key_secret": '""'}, '[upstreams.emu].api_key_secret must be non-empty, got ""'),
@@ -216,7 +224,8 @@ def test_resource_upstream_must_be_defined(tmp_path: Path) -> None:
     ]
     # an upstream that is itself invalid is reported as such, not as undefined
     assert _problems(tmp_path, _upstream(url='"x"') + RESOURCE) == [
-        '[upstreams.emu].url must be an http:// or https:// URL with a host, got "x"'
+        '[upstreams.emu].url must be '
+         'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "x"'
     ]
 
 
@@ -229,7 +238,7 @@ lanes_mode = "queue"
 spares = -1
 [upstreams.emu]
 url = "ftp://x"
-iam_url = "http://h"
+iam_url = "https://h"
 instance = ""
 [resources.ibm_fez]
 upstream = "ibm"
@@ -246,7 +255,8 @@ upstream = "emu"
         "  [paths].state_dir must be a string (a path), got 3",
         '  [proxy].lanes_mode must be "wait" or "refuse", got "queue"',
         "  [proxy].spares must be >= 0, got -1",
-        '  [upstreams.emu].url must be an http:// or https:// URL with a host, got "ftp://x"',
+        '  [upstreams.emu].url must be '
+         'an https:// URL, or http:// to a loopback address (127.0.0.1, ::1, localhost), got "ftp://x"',
         '  [upstreams.emu].instance must be non-empty, got ""',
         "  [upstreams.emu].api_key_secret is required",
         '  [resources.ibm_fez].lanes must be an integer, got "2"',
@@ -283,3 +293,20 @@ def test_unreadable_file(tmp_path: Path) -> None:
     conf.chmod(0)
     with pytest.raises(ConfigError, match=r"^cannot read config .*: Permission denied$"):
         load(conf)
+
+
+def test_hostile_neighbour_rules(tmp_path: Path) -> None:
+    """Plain http only to loopback (the key goes over it); the audit key outside audit_dir;
+    the in-flight budget holds at least one largest body."""
+    assert _problems(tmp_path, _upstream(url='"http://10.0.0.5:8290/api/v1"') + RESOURCE) == [
+        '[upstreams.emu].url must be an https:// URL, or http:// to a loopback address '
+        '(127.0.0.1, ::1, localhost), got "http://10.0.0.5:8290/api/v1"'
+    ]
+    assert load(_write(tmp_path, _upstream(url='"http://[::1]:8290/api/v1"') + RESOURCE))
+    inside = '[paths]\naudit_dir = "a"\naudit_key_file = "a/k"\n' + _upstream() + RESOURCE
+    assert _problems(tmp_path, inside) == [
+        "[paths].audit_key_file must not be inside audit_dir (whoever can write the logs "
+        "must not read the key that signs them)"]
+    small = "[proxy]\ninflight_bytes = 10\n" + _upstream() + RESOURCE
+    assert _problems(tmp_path, small) == [
+        "[proxy].inflight_bytes (10) must be at least max_request_bytes (67108864)"]

@@ -253,7 +253,7 @@ def test_guard_licence_all_held(fake: FakeSlurm, monkeypatch: pytest.MonkeyPatch
 def test_guard_gres_backend_lanes(fake: FakeSlurm, monkeypatch: pytest.MonkeyPatch,
                                   tmp_path: Path) -> None:
     cfg = tmp_path / "qproxy.toml"
-    cfg.write_text('[upstreams.u]\nurl="http://x"\niam_url="http://x"\ninstance="i"\n'
+    cfg.write_text('[upstreams.u]\nurl="https://x"\niam_url="https://x"\ninstance="i"\n'
                    'api_key_secret="k"\n[resources.ibm_fez]\nupstream="u"\nbackend="f"\n'
                    'lanes=2\n')
     fake.extra(gres=3)

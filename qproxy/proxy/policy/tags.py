@@ -5,13 +5,48 @@ so the centre can attribute work in the vendor's own console. We do NOT strip th
 the job sees: they are not secret, and hiding them would make ``job.tags`` disagree with the
 vendor console. User-supplied tags starting with ``slurm_`` are dropped (no forging another
 job's attribution) and ``PUT /jobs/{id}/tags`` re-adds ours.
+
+"Starting with ``slurm_``" is judged on the tag as a person reading the vendor console would
+see it: after NFKC, casefolding, removing invisible format characters (zero-width spaces and
+joiners) and surrounding whitespace, with any non-ASCII letter counted as a possible
+look-alike of the ASCII one at its place (Cyrillic "ѕ" for "s", ...). So ``SLURM_JOB:999``,
+``" slurm_job:999"``, ``slurm\u200b_job:999`` and ``ѕlurm_job:999`` are all dropped; a
+look-alike table would always miss one, while the cost of this rule is only that a tag
+like ``ßlurm_x`` is dropped too.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 RESERVED_PREFIX = "slurm_"
+
+
+LOOKALIKE_SCRIPTS = frozenset({"CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC", "LISU",
+                               "LATIN", "MODIFIER"})
+
+
+def _skeleton(tag: str) -> str:
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", tag).casefold())
+    visible = "".join(c for c in folded if unicodedata.category(c) not in ("Cf", "Mn"))
+    return unicodedata.normalize("NFKC", visible).strip()
+
+
+def _lookalike(c: str, want: str) -> bool:
+    if c == want:
+        return True
+    return not c.isascii() and unicodedata.name(c, "?").split()[0] in LOOKALIKE_SCRIPTS
+
+
+def is_reserved(tag: str) -> bool:
+    """Whether a user tag could pass for one of ours (see the module's docstring)."""
+    s = _skeleton(tag)
+    if len(s) < len(RESERVED_PREFIX):
+        return False
+    head, sep = s[: len(RESERVED_PREFIX) - 1], s[len(RESERVED_PREFIX) - 1]
+    letters_match = all(_lookalike(c, want) for c, want in zip(head, "slurm", strict=True))
+    return letters_match and not (sep.isascii() and sep.isalnum())
 
 
 def enforced_tags(job_id: str, user: str, account: str | None = None) -> list[str]:
@@ -26,7 +61,7 @@ def merge_tags(user_tags: Any, enforced: list[str]) -> list[str]:
     out: list[str] = []
     if isinstance(user_tags, list):
         for tag in user_tags:
-            if isinstance(tag, str) and not tag.startswith(RESERVED_PREFIX) and tag not in out:
+            if isinstance(tag, str) and not is_reserved(tag) and tag not in out:
                 out.append(tag)
     out.extend(t for t in enforced if t not in out)
     return out

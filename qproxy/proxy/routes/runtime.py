@@ -1,8 +1,11 @@
 """Runtime API routes the client uses, each applying the job's policies.
 
-Bodies a policy must read or rewrite (job/session creation, tags, backend documents, job
-documents) are read whole, within ``max_request_bytes``; everything else (results, logs,
-metrics) is streamed chunk by chunk in both directions.
+Bodies a policy must read or rewrite (job/session creation and updates, tags, backend
+documents, job documents) are read whole, within ``max_request_bytes`` and the in-flight
+budget (policy/inflight.py); everything else (results, logs, metrics) is streamed chunk by
+chunk in both directions. Every wait for a body chunk is bounded by
+``client_body_timeout_seconds`` (408). Query parameters reach upstream only where a route
+allows them (``QUERY``): ``?instance=crn:other`` on ``/instances/usage`` does not.
 """
 
 from __future__ import annotations
@@ -24,6 +27,21 @@ CHUNK = 64 * 1024
 # Request headers from the job worth passing upstream (never Authorization / Service-CRN).
 FORWARD_HEADERS = ("IBM-API-Version", "Content-Type", "Accept")
 RESPONSE_HEADERS = ("Content-Type", "Content-Disposition")
+# Query parameters each upstream-bound route passes on (what qiskit-ibm-runtime sends);
+# anything else is dropped, never forwarded under the centre's credentials.
+QUERY: dict[str, frozenset[str]] = {
+    "backend_doc": frozenset({"calibration_id", "updated_before"}),
+    "get_job": frozenset({"exclude_params"}),
+}
+NO_QUERY: frozenset[str] = frozenset()
+
+
+def allowed_query(request: web.Request, route: str) -> dict[str, str]:
+    keep = QUERY.get(route, NO_QUERY)
+    dropped = sorted(k for k in request.query if k not in keep)
+    if dropped:
+        note(request, query_dropped=dropped[:8])
+    return {k: v for k, v in request.query.items() if k in keep}
 
 
 def ctx_of(request: web.Request) -> JobContext:
@@ -39,13 +57,35 @@ def fwd_headers(request: web.Request) -> dict[str, str]:
     return {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
 
 
+async def next_chunk(request: web.Request, size: int = -1) -> bytes:
+    """The next piece of the body, waiting at most client_body_timeout_seconds for it."""
+    timeout = ctx_of(request).config.proxy.client_body_timeout_seconds
+    try:
+        if size < 0:
+            return await asyncio.wait_for(request.content.readany(), timeout)
+        return await asyncio.wait_for(request.content.read(size), timeout)
+    except TimeoutError:
+        raise PolicyError(408, f"request body not received within {timeout:g} s") from None
+
+
+def body_budget(request: web.Request) -> Any:
+    """Hold the body's size in the in-flight budget while the request is handled."""
+    ctx = ctx_of(request)
+    limit = ctx.config.proxy.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
+    size = request.content_length if request.content_length is not None else limit
+    return ctx.inflight.hold(size if request.body_exists else 0)
+
+
 async def read_body(request: web.Request) -> bytearray:
-    """The whole body (a bytearray: both JSON parsers take it, no final 20 MB copy)."""
+    """The whole body (a bytearray: both JSON parsers take it, no final 20 MB copy). Call
+    inside ``body_budget``."""
     limit = ctx_of(request).config.proxy.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
     buf = bytearray()
-    async for chunk in request.content.iter_any():
+    while chunk := await next_chunk(request):
         buf += chunk
         if len(buf) > limit:
             raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
@@ -103,7 +143,7 @@ async def stream_request_body(request: web.Request) -> AsyncIterator[bytes]:
     """Pass a request body upstream chunk by chunk, enforcing the size limit."""
     limit = ctx_of(request).config.proxy.max_request_bytes
     seen = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
+    while chunk := await next_chunk(request, CHUNK):
         seen += len(chunk)
         request["bytes_in"] = seen
         if seen > limit:
@@ -111,14 +151,15 @@ async def stream_request_body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def passthrough(request: web.Request, path: str) -> web.StreamResponse:
+async def passthrough(request: web.Request, path: str, route: str = "") -> web.StreamResponse:
     ctx = ctx_of(request)
     limit = ctx.config.proxy.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
     data = stream_request_body(request) if request.body_exists else None
     async with ctx.client.stream(
-        request.method, path, params=request.query, data=data, headers=fwd_headers(request)
+        request.method, path, params=allowed_query(request, route), data=data,
+        headers=fwd_headers(request),
     ) as resp:
         return await relay_stream(request, resp)
 
@@ -130,6 +171,7 @@ async def update_status(ctx: JobContext, job_id: str, doc: Any) -> None:
     ctx.owned.jobs[job_id] = status
     if is_final(status):
         await ctx.lanes.finished(job_id)
+        ctx.usage.final_seen(job_id)
 
 
 # --- backends ---------------------------------------------------------------------------
@@ -138,7 +180,8 @@ async def update_status(ctx: JobContext, job_id: str, doc: Any) -> None:
 async def list_backends(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     status, doc, raw = await ctx.client.call(
-        "GET", "/backends", params=request.query, headers=fwd_headers(request)
+        "GET", "/backends", params=allowed_query(request, "backends"),
+        headers=fwd_headers(request),
     )
     if status != 200:
         return relay_small(status, raw)
@@ -151,7 +194,8 @@ async def backend_doc(request: web.Request) -> web.StreamResponse:
     name = ctx.backend.to_upstream(request.match_info["name"])
     what = request.match_info["what"]
     status, doc, raw = await ctx.client.call(
-        "GET", f"/backends/{name}/{what}", params=request.query, headers=fwd_headers(request)
+        "GET", f"/backends/{name}/{what}", params=allowed_query(request, "backend_doc"),
+        headers=fwd_headers(request),
     )
     if status != 200 or doc is None:
         return relay_small(status, raw)
@@ -162,25 +206,35 @@ async def backend_doc(request: web.Request) -> web.StreamResponse:
 
 
 async def create_job(request: web.Request) -> web.StreamResponse:
+    """The lane is taken BEFORE the body is read: a submission waiting for a lane holds no
+    memory (its body waits in the kernel), so N lanes bound the bodies being read to N."""
     ctx = ctx_of(request)
+    ctx.timelimit.check_new_work("job")
+    waited = await ctx.lanes.reserve()
+    try:
+        async with body_budget(request):
+            return await _create_job(request, ctx, waited)
+    finally:
+        if request.get("lane_reserved", True):  # not handed to _submit: give it back
+            await ctx.lanes.cancel_reservation()
+
+
+async def _create_job(request: web.Request, ctx: JobContext, waited: float) -> web.StreamResponse:
     body = await read_json(request)
     body["backend"] = ctx.backend.to_upstream(body.get("backend", ctx.backend.local))
     sid = body.get("session_id")
     if sid is not None and sid not in ctx.owned.sessions and sid not in ctx.owned.jobs:
-        raise PolicyError(404, f"session {sid} not found", code=1297)
+        raise PolicyError(404, f"session {str(sid)[:64]} not found", code=1297)
     body["tags"] = merge_tags(body.get("tags"), ctx.tags)
-    ctx.timelimit.check_new_work("job")
-    waited = await ctx.lanes.reserve()
-    try:
-        # Clamp after the lane wait: the time left is what counts at submission.
-        decisions: dict[str, Any] = ctx.timelimit.rewrite_job(body)
-    except BaseException:
-        await ctx.lanes.cancel_reservation()
-        raise
+    if body.get("start_session"):
+        ctx.sessions.check_new({})
+    # Clamp after the lane wait: the time left is what counts at submission.
+    decisions: dict[str, Any] = ctx.timelimit.rewrite_job(body)
     decisions["lane_wait_seconds"] = round(waited, 3)
     api_version = request.headers.get("IBM-API-Version", ctx.upstream.api_version)
     # Shielded: once the POST is on its way, the job id must reach the ledger even if the
-    # job's connection goes away meanwhile.
+    # job's connection goes away meanwhile. From here _submit owns the lane reservation.
+    request["lane_reserved"] = False
     task = asyncio.ensure_future(
         _submit(ctx, body, request.get("stdlib_json", False), api_version)
     )
@@ -215,6 +269,7 @@ async def _submit(
     if body.get("start_session"):
         ctx.ledger.append("session", job_id)
         ctx.owned.add_session(job_id)
+        ctx.sessions.opened(job_id)
     return status, doc, raw
 
 
@@ -278,7 +333,8 @@ async def get_job(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     job_id = _own_job(request)
     status, doc, raw = await ctx.client.call(
-        "GET", f"/jobs/{job_id}", params=request.query, headers=fwd_headers(request)
+        "GET", f"/jobs/{job_id}", params=allowed_query(request, "get_job"),
+        headers=fwd_headers(request),
     )
     if status != 200 or not isinstance(doc, dict):
         return relay_small(status, raw)
@@ -287,12 +343,20 @@ async def get_job(request: web.Request) -> web.StreamResponse:
 
 
 async def job_passthrough(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
     job_id = _own_job(request)
     suffix = request.match_info.get("what")
     path = f"/jobs/{job_id}" + (f"/{suffix}" if suffix else "")
+    if request.method == "DELETE":
+        # Book its usage first: once deleted upstream its metrics are gone (usage.py).
+        seconds = await ctx.usage.ensure(job_id)
+        if seconds is None:
+            raise PolicyError(503, f"the usage of job {job_id} could not be recorded yet; "
+                                   "it is not deleted; retry shortly")
+        note(request, decisions={"usage_booked_seconds": seconds})
     resp = await passthrough(request, path)
     if request.method == "DELETE" and resp.status < 300:
-        await ctx_of(request).lanes.finished(job_id)
+        await ctx.lanes.finished(job_id)
     return resp
 
 
@@ -310,8 +374,9 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
 async def job_tags(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     job_id = _own_job(request)
-    body = await read_json(request)
-    body["tags"] = merge_tags(body.get("tags"), ctx.tags)
+    async with body_budget(request):
+        body = await read_json(request)
+    body = {"tags": merge_tags(body.get("tags"), ctx.tags)}
     status, _, raw = await ctx.client.call("PUT", f"/jobs/{job_id}/tags", body=body)
     return web.Response(status=status, body=raw or None,
                         content_type="application/json" if raw else None)
@@ -322,10 +387,12 @@ async def job_tags(request: web.Request) -> web.StreamResponse:
 
 async def create_session(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
-    body = await read_json(request)
+    async with body_budget(request):
+        body = await read_json(request)
     body["backend"] = ctx.backend.to_upstream(body.get("backend", ctx.backend.local))
     body["instance"] = ctx.upstream.instance
-    decisions = ctx.timelimit.rewrite_session(body)
+    decisions = ctx.sessions.check_new(body)
+    decisions.update(ctx.timelimit.rewrite_session(body))
     status, doc, raw = await ctx.client.call("POST", "/sessions", body=body)
     sid = doc.get("id") if isinstance(doc, dict) else None
     if status not in (200, 201) or not isinstance(sid, str):
@@ -333,6 +400,7 @@ async def create_session(request: web.Request) -> web.StreamResponse:
         return relay_small(status, raw)
     ctx.ledger.append("session", sid)
     ctx.owned.add_session(sid)
+    ctx.sessions.opened(sid)
     note(request, upstream_session=sid, decisions=decisions)
     return json_response(status, ctx.backend.rewrite_job(doc))
 
@@ -347,28 +415,68 @@ def _own_session(request: web.Request) -> str:
 async def get_session(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     sid = _own_session(request)
-    status, doc, raw = await ctx.client.call("GET", f"/sessions/{sid}", params=request.query)
+    status, doc, raw = await ctx.client.call("GET", f"/sessions/{sid}")
     if status != 200 or not isinstance(doc, dict):
         return relay_small(status, raw)
     return json_response(200, ctx.backend.rewrite_job(doc))
 
 
-async def session_passthrough(request: web.Request) -> web.StreamResponse:
+async def close_session(request: web.Request) -> web.StreamResponse:
     sid = _own_session(request)
-    suffix = request.match_info.get("what")
-    return await passthrough(request, f"/sessions/{sid}" + (f"/{suffix}" if suffix else ""))
+    resp = await passthrough(request, f"/sessions/{sid}/close")
+    if resp.status < 300:
+        ctx_of(request).sessions.closed(sid)
+    return resp
+
+
+async def update_session(request: web.Request) -> web.StreamResponse:
+    """``PATCH /sessions/{id}``: only allow-listed fields, ``max_ttl`` clamped."""
+    ctx = ctx_of(request)
+    sid = _own_session(request)
+    async with body_budget(request):
+        body = await read_json(request)
+    ctx.sessions.check_patch(body)
+    decisions: dict[str, Any] = {}
+    if "max_ttl" in body:
+        decisions = ctx.timelimit.rewrite_session(body)
+    if body.get("accepting_jobs") is True and sid not in ctx.sessions.open:
+        ctx.sessions.check_new({})
+    status, _, raw = await ctx.client.call("PATCH", f"/sessions/{sid}", body=body)
+    if status < 300 and "accepting_jobs" in body:
+        (ctx.sessions.opened if body["accepting_jobs"] else ctx.sessions.closed)(sid)
+    note(request, decisions=decisions or None)
+    return web.Response(status=status, body=raw or None,
+                        content_type="application/json" if raw else None)
 
 
 # --- instance-level ---------------------------------------------------------------------
 
 
 async def usage(request: web.Request) -> web.StreamResponse:
-    return await passthrough(request, "/instances/usage")
+    return await passthrough(request, "/instances/usage", "usage")
+
+
+def _workload(job: dict[str, Any]) -> dict[str, Any]:
+    return {"id": job.get("id"), "type": "job",
+            "mode": "session" if job.get("session_id") else "job",
+            "status": job_status(job), "backend": job.get("backend"),
+            "program_id": job.get("program", {}).get("id", job.get("program_id"))
+            if isinstance(job.get("program"), dict) else job.get("program_id"),
+            "session_id": job.get("session_id"), "tags": job.get("tags"),
+            "created_at": job.get("created")}
 
 
 async def workloads(request: web.Request) -> web.StreamResponse:
+    """Rebuilt from this job's own upstream jobs (like ``GET /jobs``): nothing of upstream's
+    instance-wide answer, not even its top-level keys, reaches the job."""
     ctx = ctx_of(request)
-    status, doc, raw = await ctx.client.call("GET", "/workloads", params=request.query)
-    if status != 200:
-        return relay_small(status, raw)
-    return json_response(200, ctx.owned.filter_workloads(doc))
+    sem = asyncio.Semaphore(8)
+    docs = await asyncio.gather(*(_fetch_job(ctx, j, sem) for j in list(ctx.owned.jobs)))
+    items = sorted((_workload(d) for d in docs if d is not None),
+                   key=lambda w: str(w.get("created_at") or ""), reverse=True)
+    try:
+        limit = max(1, min(1000, int(request.query.get("limit", 50))))
+    except ValueError:
+        raise PolicyError(400, "limit must be an integer") from None
+    note(request, listed=min(limit, len(items)))
+    return json_response(200, {"workloads": items[:limit], "next": None, "previous": None})

@@ -4,7 +4,8 @@ local emulator).
 One aiohttp ClientSession (keep-alive) per proxy. The proxy does the IAM API-key exchange
 itself and refreshes the access token a minute before it expires, so the admin's API key
 never leaves this process; every request carries ``Authorization: Bearer``, ``Service-CRN``
-and ``IBM-API-Version``.
+and ``IBM-API-Version``. Redirects are never followed (a 3xx would carry the credential to
+wherever it points), and plain-http connections go only to root's listeners (guard.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import orjson
 from qproxy.config import UpstreamSettings
 from qproxy.proxy.upstream import jsonx
 from qproxy.proxy.upstream.base import Upstream, UpstreamError
+from qproxy.proxy.upstream.guard import OwnerCheckedConnector, UntrustedListener
 
 __all__ = ["IBMRuntimeUpstream", "UpstreamError"]
 
@@ -49,7 +51,7 @@ class IBMRuntimeUpstream:
             ssl = True if self.upstream.verify_tls else False
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(ssl=ssl, limit=32),
+                connector=OwnerCheckedConnector(ssl=ssl, limit=32),
                 json_serialize=lambda o: orjson.dumps(o).decode(),
             )
         return self._session
@@ -71,12 +73,14 @@ class IBMRuntimeUpstream:
         form = {"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": self._api_key}
         try:
             async with self.session.post(
-                url, data=form, headers={"Accept": "application/json"}
+                url, data=form, headers={"Accept": "application/json"}, allow_redirects=False
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:
                     raise UpstreamError(f"upstream IAM refused the credential: HTTP {resp.status}")
                 doc = orjson.loads(body)
+        except UntrustedListener as exc:
+            raise UpstreamError(str(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"upstream IAM unreachable: {type(exc).__name__}") from None
         except orjson.JSONDecodeError:
@@ -120,8 +124,11 @@ class IBMRuntimeUpstream:
                 params=params,
                 data=data,
                 headers=await self.headers(headers),
+                allow_redirects=False,
             ) as resp:
                 yield resp
+        except UntrustedListener as exc:
+            raise UpstreamError(str(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from None
 

@@ -1,0 +1,53 @@
+"""The upstream connection the vendor key travels over: who is at the other end.
+
+Over https the server proves itself with its certificate (``verify_tls``, on by default).
+Plain http is allowed only to a loopback address (config.py refuses anything else) — and a
+loopback port is no proof at all: any local user can bind the emulator's port while it is
+down, or before it starts, and the proxy would hand it the centre's key in the IAM exchange.
+So every new plain-http connection is checked once it is established and before a byte is
+sent: the socket that accepted it must belong to root (or to the proxy's own uid, which can
+read the key from the proxy's memory anyway). Checking the connection itself, not the port
+beforehand, leaves no window in which a listener could change hands.
+
+Why not the alternatives: a privileged port (< 1024) proves only that someone with
+CAP_NET_BIND_SERVICE bound it, needs the emulator to run as root or with that capability, and
+collides with real services; a Unix socket would need every tool, the cluster script and
+the client side changed. The owner check keeps the configuration as it is and is exact.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aiohttp
+
+from qproxy.proxy.peer import peer_uid
+
+
+class UntrustedListener(aiohttp.ClientConnectionError):
+    """The plain-http upstream's listening socket is not root's."""
+
+
+def trusted_uids() -> frozenset[int]:
+    return frozenset({0, os.geteuid()})
+
+
+class OwnerCheckedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that refuses plain-http connections to a listener root does not own."""
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        proto = await super()._create_connection(req, traces, timeout)
+        if req.url.scheme == "https":
+            return proto
+        transport = proto.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        owner = peer_uid(sock) if sock is not None else None
+        if owner not in trusted_uids():
+            if transport is not None:
+                transport.abort()
+            who = "nobody known" if owner is None else f"uid {owner}"
+            raise UntrustedListener(
+                f"refusing to send credentials to {req.url.host}:{req.url.port}: its listener "
+                f"belongs to {who}, not root (plain http is trusted only from root's sockets)")
+        return proto

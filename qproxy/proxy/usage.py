@@ -1,0 +1,76 @@
+"""Booked usage: each upstream job's quantum seconds, written to the ledger once it is final.
+
+Usage used to be summed from each job's metrics only at the end; a job could ``DELETE`` its
+own finished upstream job first, the epilog's lookup then got 404 and booked 0 s. Now the
+figure is read when a job turns final (seen by the status poller or the job's own status
+requests) and, at the latest, before a ``DELETE`` is forwarded (an active job is cancelled
+first, so its figure stops growing), and appended to the ledger (``{"kind": "usage", "id",
+"quantum_seconds"}``, fsync'ed). ``cleanup`` (proxy shutdown or the epilog for a dead proxy)
+uses the booked figure for such a job, so no action of the job's lowers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from qproxy.runtime_api import is_final, job_status
+
+if TYPE_CHECKING:
+    from qproxy.proxy.cleanup import Ledger
+    from qproxy.proxy.upstream.base import Upstream
+
+
+def quantum_seconds(metrics: Any) -> float | None:
+    usage = metrics.get("usage") if isinstance(metrics, dict) else None
+    value = usage.get("quantum_seconds") if isinstance(usage, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+class UsageBook:
+    def __init__(self, client: Upstream, ledger: Ledger, booked: dict[str, float]) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.booked = dict(booked)
+        self._pending: dict[str, asyncio.Task[float | None]] = {}
+
+    def final_seen(self, job_id: str) -> None:
+        """A job turned final: book it in the background (once)."""
+        if job_id not in self.booked and job_id not in self._pending:
+            self._pending[job_id] = asyncio.ensure_future(self._book(job_id))
+
+    async def ensure(self, job_id: str) -> float | None:
+        """The booked figure, booking it now if need be (before a DELETE is forwarded)."""
+        if job_id in self.booked:
+            return self.booked[job_id]
+        task = self._pending.get(job_id)
+        if task is None:
+            task = self._pending[job_id] = asyncio.ensure_future(self._book(job_id, True))
+        return await asyncio.shield(task)
+
+    async def _book(self, job_id: str, stop_first: bool = False) -> float | None:
+        from qproxy.proxy.upstream.base import UpstreamError
+
+        try:
+            if stop_first:
+                code, doc, _ = await self.client.call("GET", f"/jobs/{job_id}")
+                if code == 200 and not is_final(job_status(doc)):
+                    await self.client.call("POST", f"/jobs/{job_id}/cancel")
+            code, metrics, _ = await self.client.call("GET", f"/jobs/{job_id}/metrics")
+        except UpstreamError:
+            return None
+        finally:
+            self._pending.pop(job_id, None)
+        seconds = quantum_seconds(metrics) if code == 200 else None
+        if seconds is None:
+            return None
+        self.booked[job_id] = seconds
+        self.ledger.append("usage", job_id, quantum_seconds=seconds)
+        return seconds
+
+    async def drain(self) -> None:
+        """Let bookings in flight finish (shutdown)."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending.values()), return_exceptions=True)
