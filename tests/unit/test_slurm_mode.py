@@ -291,13 +291,12 @@ def test_guard_quiet_cases(fake: FakeSlurm, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_fast_path_with_cached_target(fake: FakeSlurm, tmp_path: Path) -> None:
     """With a cached target the client transpiles and the job runs the stdlib fastrun."""
-    import pickle
-
     from qiskit_ibm_runtime.fake_provider import FakeTorino
 
+    from qproxy.client.slurm_mode import targetcache
+
     work = tmp_path / "work"
-    (work / ".targets").mkdir(parents=True)
-    (work / ".targets" / "ibm_torino.pickle").write_bytes(pickle.dumps(FakeTorino().target))
+    targetcache.write(targetcache.path_for(work, "ibm_torino"), FakeTorino())
     qc = QuantumCircuit(2)
     qc.h(0)
     qc.cx(0, 1)
@@ -381,3 +380,33 @@ def test_job_script_records_exit_code_only_without_result(fake: FakeSlurm) -> No
         assert proc.returncode == code
     assert (ok.jobdir / "result.json").exists() and not (ok.jobdir / "rc").exists()
     assert (bad.jobdir / "rc").read_text() == "3\n" and not (bad.jobdir / "result.json").exists()
+
+
+def test_target_cache_is_never_unpickled_or_foreign(fake: FakeSlurm, tmp_path: Path) -> None:
+    """A planted cache is not used: a pickle (old name, or in the JSON file's place), a file
+    others may write, or one owned by another user -- the job then transpiles itself."""
+    import pickle
+
+    from qiskit_ibm_runtime.fake_provider import FakeTorino
+
+    from qproxy.client.slurm_mode import targetcache
+
+    work = tmp_path / "work"
+    path = targetcache.path_for(work, "ibm_torino")
+
+    def fast() -> bool:  # what a run() would take: the cached target, or none
+        return SlurmSampler("ibm_torino")._cached_target() is not None
+
+    planted = path.parent / "ibm_torino.pickle"
+    path.parent.mkdir(parents=True)
+    planted.write_bytes(pickle.dumps(FakeTorino().target))
+    assert not fast()
+    path.write_bytes(pickle.dumps(FakeTorino().target))  # a pickle where the JSON goes
+    assert not fast()
+    targetcache.write(path, FakeTorino())
+    assert fast()  # the real cache works
+    path.chmod(0o666)
+    assert not fast()  # writable by others
+    path.chmod(0o600)
+    os.chown(path, 65534, 65534)  # another user's file (tests run as root)
+    assert not fast()

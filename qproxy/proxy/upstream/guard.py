@@ -18,6 +18,7 @@ the client side changed. The owner check keeps the configuration as it is and is
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,20 @@ def trusted_uids() -> frozenset[int]:
     return frozenset({0, os.geteuid()})
 
 
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` is an address of this network namespace (a socket can bind it).
+    A loopback-range address that is not (e.g. the controller's 127.77.0.1 seen from a node
+    of the local several-node cluster) is reached through a route, and such routes
+    (route_localnet) only root sets up: no local user can have bound that listener here."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            return False
+    return True
+
+
 class OwnerCheckedConnector(aiohttp.TCPConnector):
     """A TCPConnector that refuses plain-http connections to a listener root does not own."""
 
@@ -43,6 +58,8 @@ class OwnerCheckedConnector(aiohttp.TCPConnector):
         transport = proto.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         owner = peer_uid(sock) if sock is not None else None
+        if owner is None and req.url.host and not is_local_address(req.url.host):
+            return proto  # not a listener on this node: see is_local_address
         if owner not in trusted_uids():
             if transport is not None:
                 transport.abort()
