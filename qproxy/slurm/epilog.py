@@ -95,7 +95,9 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         except OSError:
             log.exception("job %s: writing usage.jsonl failed", job_id)
         log.info("job %s: %s (%s, proxy %s)", job_id, line, reason, stopped)
-        if config.accounting.admin_comment:  # where admins look: sacct -o AdminComment
+        # where admins look (sacct -o AdminComment); a relay's line (no upstream usage of its
+        # own) must not overwrite the primary's
+        if config.accounting.admin_comment and not relay:
             from qproxy.slurm.slurmcli import book_admin_comment
 
             book_admin_comment(job_id, line, config.accounting.sacctmgr_timeout_seconds,
