@@ -27,6 +27,7 @@ from qproxy.slurm.slurmcli import (
     job_info,
     node_addr,
     qpu_comment,
+    set_admin_comment,
     show_job_text,
     start_admin_comment,
 )
@@ -159,10 +160,6 @@ def role_of(info: JobRecord, me: str) -> tuple[str, str]:
 
 def qpu_text(resource: Resource, lanes: int) -> str:
     return f"qpu backend={resource.name} lanes={lanes}"
-
-
-def set_admin_comment(job_id: str, text: str) -> bool:
-    return finish_admin_comment(job_id, start_admin_comment(job_id, text))
 
 
 def publish_primary(config: Config, job: JobState, pid: int, spare: str | None, addr: str,

@@ -182,9 +182,10 @@ def _count(value: Any) -> int:
     return int(n) if n is not None and not math.isinf(n) and n >= 0 else 0
 
 
-# The prolog's AdminComment holds spaces, which `scontrol -o` prints unquoted.
-_ADMIN_TEXT = re.compile(
-    r"\bAdminComment=(qpu backend=\S+ lanes=\d+(?: primary=\S+)?(?: run=\d+)?)")
+# The prolog's AdminComment (QpuComment below): it holds spaces, which `scontrol -o`
+# prints unquoted, so the text parser finds it by this pattern, not by the next blank.
+_QPU_FIELDS = r"qpu backend=(\S+) lanes=(\d+)(?: primary=(\S+))?(?: run=(\d+))?"
+_ADMIN_TEXT = re.compile(r"\bAdminComment=(" + _QPU_FIELDS + ")")
 
 
 def record_from_text(job_id: str, line: str) -> JobRecord:
@@ -222,8 +223,7 @@ class QpuComment:
     run: int | None = None
 
 
-_QPU_COMMENT = re.compile(
-    r"qpu backend=(\S+) lanes=(\d+)(?: primary=(\S+))?(?: run=(\d+))?(?:\s|$)")
+_QPU_COMMENT = re.compile(_QPU_FIELDS + r"(?:\s|$)")
 
 
 def qpu_comment(text: str) -> QpuComment | None:
@@ -279,7 +279,7 @@ def show_job_text(job_id: str, timeout: float = 10.0) -> JobRecord | None:
     if out.returncode != 0 or not out.stdout.strip():
         if "Invalid job id" in out.stderr:
             return None
-        raise SlurmError(f"scontrol show job {job_id}: {out.stderr.strip()[:200]}")
+        raise SlurmError(f"scontrol show job {job_id}: {out.stderr.strip()[:300]}")
     return record_from_text(job_id, out.stdout.splitlines()[0])
 
 
@@ -324,6 +324,10 @@ def start_admin_comment(job_id: str, text: str) -> subprocess.Popen[str] | None:
         return None
 
 
+def set_admin_comment(job_id: str, text: str) -> bool:
+    return finish_admin_comment(job_id, start_admin_comment(job_id, text))
+
+
 def finish_admin_comment(job_id: str, proc: subprocess.Popen[str] | None,
                          timeout: float = 15) -> bool:
     if proc is None:
@@ -353,7 +357,7 @@ def book_admin_comment(job_id: str, text: str, timeout: float, log_path: str) ->
     try:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     except OSError:
-        fd = subprocess.DEVNULL
+        fd = subprocess.DEVNULL  # negative: nothing to close
     try:
         subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                          start_new_session=True, close_fds=True)
@@ -361,7 +365,7 @@ def book_admin_comment(job_id: str, text: str, timeout: float, log_path: str) ->
         log.warning("job %s: sacctmgr modify job failed to start: %s", job_id, exc)
         return False
     finally:
-        if isinstance(fd, int) and fd >= 0 and fd != subprocess.DEVNULL:
+        if fd >= 0:
             os.close(fd)
     return True
 
@@ -424,12 +428,8 @@ class Slurm:
             if "Invalid job id" in out.stderr and self._json_ok:
                 return self._sacct(job_id)
             self._json_ok = False
-        out = _run(["scontrol", "-o", "show", "job", job_id])
-        if out.returncode == 0 and out.stdout.strip():
-            return record_from_text(job_id, out.stdout.splitlines()[0])
-        if "Invalid job id" not in out.stderr:
-            raise SlurmError(f"scontrol show job {job_id}: {out.stderr.strip()[:300]}")
-        return self._sacct(job_id)
+        rec = show_job_text(job_id, timeout=_TIMEOUT)
+        return rec if rec is not None else self._sacct(job_id)
 
     def _sacct(self, job_id: str) -> JobRecord | None:
         """sacct needs slurmdbd; where it cannot answer, stop asking it."""
