@@ -126,6 +126,12 @@ class ProxySettings:
     spares: int = field(default=1, metadata=_NOT_NEGATIVE)
     # A spare nobody claimed exits after this long (seconds).
     spare_idle_seconds: float = field(default=600.0, metadata=_POSITIVE)
+    # The job's proxy listens on the first free port of this range on ``host`` that the
+    # services database does not name. Privileged ports only: when a proxy dies, no user
+    # can bind its port and answer the job's requests (qproxy/proxy/ports.py).
+    ports: str = field(default="100-599", metadata=_rule(
+        '"LOW-HIGH" with 1 <= LOW <= HIGH <= 1023 (privileged ports)',
+        lambda v: port_range(v) is not None))
     # Multi-node jobs (qproxy.proxy.relay): the primary proxy's relay listener takes the
     # first free port of this range on the node's cluster address. Privileged ports only:
     # no user can then bind one and pose as a job's primary on any node.

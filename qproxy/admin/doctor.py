@@ -104,6 +104,21 @@ def check_files(conf: cfg.Config) -> list[tuple[bool, str]]:
     return out
 
 
+def check_ports(conf: cfg.Config) -> list[tuple[bool, str]]:
+    """Both proxy port ranges must be privileged here (qproxy.proxy.ports): a proxy refuses
+    to start otherwise, so every QPU job of this node would fail."""
+    from qproxy.proxy.ports import privileged
+
+    out = []
+    for name in ("ports", "relay_ports"):
+        text = getattr(conf.proxy, name)
+        high = (cfg.port_range(text) or (0, 0))[1]
+        problem = privileged(high)
+        out.append((problem is None, f"[proxy] {name} {text}: " + (
+            problem or "privileged on this node (no user can bind them)")))
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="qproxy doctor", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(cfg.DEFAULT_CONFIG_PATH))
@@ -114,7 +129,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     results, conf = check_config(args.config)
     if conf is not None:
-        results += check_files(conf)
+        results += check_files(conf) + check_ports(conf)
     plugins = list(args.plugin)
     if not plugins:
         try:

@@ -65,7 +65,7 @@ async def conn_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     keep = conn.started()
     try:
         resp = await handler(request)
-        if not keep:
+        if not keep or request.get("close"):
             resp.force_close()
         return resp
     finally:

@@ -14,6 +14,11 @@ the routes (body reads, ``client_body_timeout_seconds``).
 
 The middleware ``conn_mw`` (app.py) tells the guard when a request's headers are complete
 (``started``) and when its handler is done (``finished``).
+
+A multi-node primary's relay listener (relaylisten.py) is reached from other nodes, where the
+peer's uid is unknown: there a connection from a privileged source port is a node's root
+(relays bind one, see ports.reserved_source_socket); any other counts as a neighbour's until a
+request on it proves it is the job's relay (``promote``), and one that fails is closed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 from qproxy.config import ProxySettings
 from qproxy.proxy.peer import peer_uid
+from qproxy.proxy.ports import RESERVED_SOURCE
 
 _BODY = (b'{"errors":[{"code":503,"message":"too many connections to this QPU proxy",'
          b'"more_info":""}],"status_code":503}')
@@ -34,9 +40,10 @@ REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\
 
 class ConnGuard:
     def __init__(self, factory: Callable[[], asyncio.Protocol], settings: ProxySettings,
-                 job_uid: int | None) -> None:
+                 job_uid: int | None, *, by_uid: bool = True) -> None:
         self.factory = factory
         self.settings = settings
+        self.by_uid = by_uid
         self.trusted = {0, os.geteuid()} | ({job_uid} if job_uid is not None else set())
         self.conns: dict[Any, _Conn] = {}
         self.others = 0
@@ -68,8 +75,12 @@ class _Conn(asyncio.Protocol):
         g, s = self.guard, self.guard.settings
         self.transport = transport
         sock = transport.get_extra_info("socket")
-        uid = peer_uid(sock) if sock is not None else None
-        self.other = uid not in g.trusted
+        if g.by_uid:
+            uid = peer_uid(sock) if sock is not None else None
+            self.other = uid not in g.trusted
+        else:
+            peer = transport.get_extra_info("peername")
+            self.other = not (isinstance(peer, tuple) and peer[1] <= RESERVED_SOURCE[1])
         if len(g.conns) >= s.max_connections or (
                 self.other and g.others >= s.max_connections_others):
             g.stats["refused"] += 1
@@ -94,6 +105,12 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None and not self.busy:
             self.guard.stats[why] += 1
             self.transport.abort()
+
+    def promote(self) -> None:
+        """A request on this connection proved it is the job's own (the relay header)."""
+        if self.other and self.guard.conns.get(self.transport) is self:
+            self.other = False
+            self.guard.others -= 1
 
     def started(self) -> bool:
         """A request's headers are complete; False: this is its connection's last request."""

@@ -4,17 +4,40 @@ the proxy's own spare pool and the Slurm hooks that start and stop proxies."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+# The interpreter a proxy runs in. A name pattern, not sys.executable: the test suites of the
+# chroot Slurm versions look at a chroot's proxy (/chroot/.../python3.13) from the host's.
+_PYTHON = re.compile(r"python3(\.\d+)?")
+
+
+def _root_python(pid: int) -> bool:
+    """Every uid of pid is root's and its executable is a Python interpreter. A job's user can
+    start a process whose command line reads ``qproxy serve --job-id 7`` (and wait for its pid
+    to be reused), never one running as root."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    uids = next((line.split()[1:] for line in status.splitlines()
+                 if line.startswith("Uid:")), None)
+    if uids != ["0", "0", "0", "0"]:
+        return False
+    # An upgraded interpreter shows as "/usr/bin/python3.11 (deleted)": still ours.
+    name = os.path.basename(exe.removesuffix(" (deleted)"))
+    return _PYTHON.fullmatch(name) is not None
 
 
 def serve_options(pid: int) -> set[tuple[str, str]]:
-    """(option, value) pairs of process pid if it is a `qproxy serve`, else empty."""
+    """(option, value) pairs of process pid if it is root's `qproxy serve`, else empty."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return set()
     words = [a.decode(errors="replace") for a in argv]
-    if "serve" not in words:
+    if "serve" not in words or not _root_python(pid):
         return set()
     return set(zip(words, words[1:], strict=False))
 

@@ -64,7 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backend", required=True, help="resource name from the config")
     p.add_argument("--env-file", type=Path, required=True)
     p.add_argument("--node", default="", help="this node's name (sent to the primary)")
-    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--port", type=int, default=None,
+                   help="default: the first free port of [proxy].ports")
     p.add_argument("--lanes", type=int, default=0, help="informational: the primary counts")
     p.add_argument("--end-time", type=float, default=0.0, help="informational")
     p.add_argument("--audit-log", type=Path)
@@ -113,13 +114,31 @@ def create_app(relay: Relay) -> web.Application:
     return app
 
 
+def _source_socket(addr_info: Any) -> Any:
+    """Connections to the primary come from a privileged source port where we can bind one
+    (root: always in production), so the primary's connection guard counts them as a node's
+    root, never as a neighbour's; else any port (the relay header still proves them)."""
+    import socket
+
+    from qproxy.proxy.ports import reserved_source_socket
+
+    family = addr_info[0]
+    try:
+        sock = reserved_source_socket(family)
+    except OSError:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    return sock
+
+
 async def _session(relay: Relay) -> Any:
     import aiohttp
 
     relay.session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT,
                                       sock_read=relay.read_timeout),
-        connector=aiohttp.TCPConnector(limit=64), skip_auto_headers=("User-Agent",))
+        connector=aiohttp.TCPConnector(limit=64, socket_factory=_source_socket),
+        skip_auto_headers=("User-Agent",))
     yield
     await relay.session.close()
 
@@ -288,7 +307,7 @@ def main(argv: list[str]) -> int:
         key = load_cluster_key(conf.cluster_key_file)
         from qproxy.proxy.serve import listen
 
-        sock = listen(conf.proxy.host, args.port)
+        sock = listen(conf.proxy, args.port)
     except (cfg.ConfigError, SecretsError, OSError) as exc:
         print(f"qproxy serve: {exc}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qproxy.config import Config, ConfigError, port_range
+from qproxy.proxy.ports import bind_first_free, privileged
 from qproxy.secrets import SecretsError, check_private
 
 RELAY_HEADER = "X-QProxy-Relay"
@@ -85,33 +86,6 @@ def parse_hostport(text: str) -> tuple[str, int] | None:
     return (host, port) if 0 < port < 65536 else None
 
 
-def bind_first_free(host: str, low: int, high: int) -> socket.socket:
-    """A listening socket on the first free port of [low, high] (OSError if none is)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    last: OSError | None = None
-    for port in range(low, high + 1):
-        try:
-            sock = socket.create_server((host, port), family=family, backlog=128)
-        except OSError as exc:
-            if exc.errno == 13:  # EACCES: not root, no port of the range will do
-                raise OSError(exc.errno, f"cannot bind relay port {port} on {host} "
-                              "(privileged ports need root)") from None
-            last = exc
-            continue
-        sock.setblocking(False)
-        return sock
-    raise OSError(getattr(last, "errno", 98),
-                  f"no free relay port in {low}-{high} on {host}: {last}")
-
-
-def unprivileged_port_start() -> int:
-    """Linux's lowest port any user may bind (1024 unless an admin lowered it)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    except (OSError, ValueError):
-        return 1024
-
-
 @dataclass
 class RelayListener:
     """The primary's second listener: its socket and the key that checks relayed requests."""
@@ -146,9 +120,8 @@ def open_listener(args: argparse.Namespace, conf: Config) -> RelayListener | Non
     if ports is None:
         raise ConfigError(f"relay ports must be LOW-HIGH within 1-1023, got {text!r}")
     key = load_cluster_key(conf.cluster_key_file)
-    if unprivileged_port_start() <= ports[1]:
-        raise ConfigError(
-            f"net.ipv4.ip_unprivileged_port_start is {unprivileged_port_start()}: any user "
-            f"could bind relay ports {text}; raise it to 1024 (or pick lower relay ports)")
-    sock = bind_first_free(args.relay_listen, *ports)
+    problem = privileged(ports[1])
+    if problem:
+        raise ConfigError(f"relay ports {text}: {problem}")
+    sock = bind_first_free(args.relay_listen, *ports, what="relay")
     return RelayListener(sock, key, args.job_id)

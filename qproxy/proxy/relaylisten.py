@@ -7,12 +7,14 @@ relayed requests say ``via: relay`` and name the relaying node."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from qproxy.proxy.app import Handler, create_app
-from qproxy.proxy.context import CTX, JobContext
+from qproxy.proxy.connlimit import ConnGuard
+from qproxy.proxy.context import CTX, GUARD, JobContext
 from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.relayauth import (
@@ -33,9 +35,13 @@ def relay_auth(listener: RelayListener) -> Middleware:
     async def relay_auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         request.setdefault("audit", {}).update(
             via="relay", node=node_label(request.headers.get(NODE_HEADER)))
+        conn = request.app[GUARD].of(request.transport) if GUARD in request.app else None
         if not check_relay_token(listener.key, listener.job_id,
                                  request.headers.get(RELAY_HEADER)):
+            request["close"] = True  # conn_mw: no second try on this connection
             raise PolicyError(401, "not a relayed request of this Slurm job")
+        if conn is not None:
+            conn.promote()
         # relayed work is the job's own: audited one record each, refused when it cannot be
         request["authenticated"] = True
         refuse_unaudited(request.app[CTX].audit)
@@ -44,12 +50,21 @@ def relay_auth(listener: RelayListener) -> Middleware:
     return relay_auth_mw
 
 
-async def start(ctx: JobContext, listener: RelayListener) -> web.AppRunner:
-    """Serve the relay listener; the caller cleans the runner up at shutdown."""
+async def start(ctx: JobContext, listener: RelayListener) -> tuple[web.AppRunner, Any]:
+    """Serve the relay listener behind its own connection guard (connlimit: timeouts, caps,
+    unproven connections counted as a neighbour's); the caller closes both at shutdown."""
+    import asyncio
+
+    px = ctx.config.proxy
     app = create_app(ctx, relay_auth=relay_auth(listener))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+                           keepalive_timeout=px.keepalive_timeout_seconds, read_bufsize=2**14)
     await runner.setup()
-    await web.SockSite(runner, listener.sock).start()
+    assert runner.server is not None
+    guard = ConnGuard(runner.server, px, None, by_uid=False)
+    app[GUARD] = guard
+    server = await asyncio.get_running_loop().create_server(guard, sock=listener.sock,
+                                                            backlog=128)
     host, port = listener.sock.getsockname()[:2]
     log.info("job %s: relay listener on %s:%d", ctx.job_id, host, port)
-    return runner
+    return runner, server

@@ -47,7 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lanes", type=int, required=True)
     p.add_argument("--end-time", type=float, required=True, help="epoch seconds")
     p.add_argument("--env-file", type=Path, required=True)
-    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--port", type=int, default=None,
+                   help="default: the first free port of [proxy].ports")
     p.add_argument("--account")
     p.add_argument("--audit-log", type=Path)
     p.add_argument("--ledger-file", type=Path)
@@ -183,11 +184,21 @@ def job_uid(user: str) -> int | None:
         return None
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(px: cfg.ProxySettings, port: int | None) -> socket.socket:
     """Bind the job's port with the stdlib, before aiohttp is even imported: connections
-    made from then on wait in the kernel's backlog until the app serves them."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=128)
+    made from then on wait in the kernel's backlog until the app serves them. ``port`` None:
+    the first free port of ``[proxy].ports`` (privileged, see qproxy.proxy.ports); a given
+    port (0 = any) is for tests and tools run by hand."""
+    if port is None:
+        from qproxy.proxy.ports import bind_first_free, privileged
+
+        low, high = cfg.port_range(px.ports) or (0, 0)
+        problem = privileged(high)
+        if problem:
+            raise cfg.ConfigError(f"[proxy] ports {px.ports}: {problem}")
+        return bind_first_free(px.host, low, high)
+    family = socket.AF_INET6 if ":" in px.host else socket.AF_INET
+    sock = socket.create_server((px.host, port), family=family, backlog=128)
     sock.setblocking(False)
     return sock
 
@@ -293,7 +304,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     if prep.relay is not None:
         from qproxy.proxy import relaylisten
 
-        relay_runner = await relaylisten.start(ctx, prep.relay)
+        relay_runner, relay_server = await relaylisten.start(ctx, prep.relay)
     log.info("job %s: proxy for %s serving on %s:%d", args.job_id, ctx.resource.name,
              conf.proxy.host, sock.getsockname()[1])
     warm = asyncio.create_task(warm_up(ctx))
@@ -324,6 +335,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     server.close()
     await runner.cleanup()
     if prep.relay is not None:
+        relay_server.close()
         await relay_runner.cleanup()
     # A submission already in flight at SIGTERM may have created a job after the first pass.
     late = [j for j in ctx.owned.jobs if j not in seen]
@@ -362,7 +374,7 @@ def main(argv: list[str], after_start: Callable[[], None] | None = None) -> int:
     try:
         conf = cfg.load(args.config)
         prep = prepare(args, conf)
-        sock = listen(conf.proxy.host, args.port)
+        sock = listen(conf.proxy, args.port)
         prep.relay = open_listener(args, conf)
     except (cfg.ConfigError, SecretsError, OSError) as exc:
         print(f"qproxy serve: {exc}", file=sys.stderr)

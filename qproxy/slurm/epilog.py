@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from qproxy import usagelog
 from qproxy.config import Config
 from qproxy.records import JobSummary, UsageRecord
 from qproxy.slurm import lease, proxyproc
@@ -35,12 +36,28 @@ def _audit_end(config: Config, job_id: str, fields: dict[str, Any],
     from qproxy.proxy.audit import AuditLog
 
     path = config.audit_dir / f"{stem}.jsonl"
-    audit = AuditLog(path, structured=False, job_id=job_id)
+    # A log the proxy started names its key in its first record; one the epilog starts (the
+    # proxy never ran) is chained with the centre's key too, and says so in that record.
+    new = not path.exists() or path.stat().st_size == 0
+    key = _usage_key(config) if new else None
+    audit = AuditLog(path, structured=False, job_id=job_id, key=key,
+                     key_file=config.audit_key_file if key else None)
     try:
-        audit.record("job_end", **fields)
+        audit.record("job_end", **(audit.chain_fields() if key else {}), **fields)
         return audit.head
     finally:
         audit.close()
+
+
+def _usage_key(config: Config) -> bytes | None:
+    """The audit key chains usage.jsonl too (the proxy made it at its start)."""
+    from qproxy.proxy.audit import AuditKeyError, load_key
+
+    try:
+        return load_key(config.audit_key_file, create=True)
+    except AuditKeyError:
+        log.exception("audit key unusable: usage.jsonl is chained without it")
+        return None
 
 
 def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
@@ -79,8 +96,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         log.exception("job %s: lease release failed", job_id)
     if resource:
         line = usage.line()
-        end = {k: v for k, v in asdict(usage).items()
-               if k not in ("time", "usage", "audit_head") and v is not None}
+        end = usagelog.fields_of(usage)
         try:
             usage = replace(usage, usage=line, audit_head=_audit_end(config, job_id, end, stem))
         except Exception:
@@ -88,10 +104,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
             usage = replace(usage, usage=line)
         try:
             ensure_private_dir(config.audit_dir)
-            fd = os.open(config.audit_dir / "usage.jsonl",
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            with os.fdopen(fd, "a") as fh:
-                fh.write(usage.to_json() + "\n")
+            usagelog.append(config.audit_dir / usagelog.FILE_NAME, usage, _usage_key(config))
         except OSError:
             log.exception("job %s: writing usage.jsonl failed", job_id)
         log.info("job %s: %s (%s, proxy %s)", job_id, line, reason, stopped)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -67,9 +68,9 @@ class Job:
         self.emulator, self.root, self.job_id, self.key_file = emulator, root, job_id, key_file
         self.started: list[Proxy] = []
 
-    def primary(self, lanes: int = 1) -> Proxy:
+    def primary(self, lanes: int = 1, extra: str = "") -> Proxy:
         d = self.root / "primary"
-        conf = write_config(self.emulator, d, f'relay_ports = "{RELAY_PORTS}"')
+        conf = write_config(self.emulator, d, f'relay_ports = "{RELAY_PORTS}"\n{extra}')
         _with_cluster_key(conf, self.key_file)
         env_file = d / "job" / "env"
         p = _spawn(d, ["--config", str(conf), "--job-id", self.job_id, "--user", "alice",
@@ -240,6 +241,40 @@ def test_relay_listener_auth(job: Job, cluster_key: Path) -> None:
     _error_shape(requests.get(relay.api + "/backends", headers={**relay.bearer(), **good},
                               timeout=10), 401)
     _error_shape(requests.get(relay.api + "/backends", headers=bearer, timeout=10), 401)
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+def test_relay_listener_connection_guard(job: Job, cluster_key: Path) -> None:
+    """The relay listener, reachable from every node, has the job port's connection guard:
+    connections from unprivileged source ports (any user on any node) share the neighbours'
+    cap, a failed relay proof closes the connection, and the job's relays (root, privileged
+    source ports) are served while a neighbour holds every other slot."""
+    primary = job.primary(extra="max_connections_others = 3\nclient_header_timeout_seconds = 20")
+    addr = ("127.0.0.1", int(primary.env[RELAY_PORT_ENV]))
+    idle = [socket.create_connection(addr, timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        with socket.create_connection(addr, timeout=10) as extra:
+            assert _recv_all(extra).startswith(b"HTTP/1.1 503"), "4th neighbour connection"
+        relay = job.relay(primary)
+        r = requests.get(relay.api + "/backends", headers=relay.bearer(), timeout=30)
+        assert r.status_code == 200, r.text
+        idle.pop().close()
+        time.sleep(0.3)
+        with socket.create_connection(addr, timeout=10) as bad:
+            bad.sendall(("GET /api/v1/backends HTTP/1.1\r\nHost: x\r\n"
+                         f"{RELAY_HEADER}: {'0' * 64}\r\n\r\n").encode())
+            reply = _recv_all(bad)  # returns only because the proxy closed the connection
+        assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
+    finally:
+        for s in idle:
+            s.close()
 
 
 def test_relay_without_primary(job: Job) -> None:

@@ -3,6 +3,7 @@ refuse it and fail every job), a matching one passes, and config problems are li
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,21 @@ def test_config_problems_each_on_a_line(tmp_path: Path) -> None:
     assert any("lanes_mode" in ln for ln in bad_lines), out.stdout
     assert any("[resources.x].lanes must be an integer" in ln for ln in bad_lines), out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
+def test_lowered_unprivileged_port_start_is_reported(tmp_path: Path) -> None:
+    """In a network namespace whose admin let users bind low ports, doctor says the proxy
+    ports are not safe, and a proxy would refuse them (the same check, qproxy.proxy.ports)."""
+    script = ("sysctl -q -w net.ipv4.ip_unprivileged_port_start=200 && "
+              f"{sys.executable} -m qproxy doctor --config {CONF} "
+              f"--plugstack {tmp_path / 'none.conf'}")
+    out = subprocess.run(["unshare", "--net", "sh", "-c", script],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    bad = [ln for ln in out.stdout.splitlines() if ln.startswith("BAD [proxy]")]
+    assert len(bad) == 2 and "ip_unprivileged_port_start is 200" in bad[0], out.stdout
+    ok = subprocess.run([sys.executable, "-m", "qproxy", "doctor", "--config", str(CONF),
+                         "--plugstack", str(tmp_path / "none.conf")],
+                        capture_output=True, text=True, check=False).stdout
+    assert "ok  [proxy] ports 100-599: privileged" in ok, ok
