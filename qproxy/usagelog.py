@@ -49,7 +49,7 @@ def append(path: Path, usage: UsageRecord, key: bytes | None) -> None:
                 rec = orjson.loads(last)
                 seq, prev = int(rec["seq"]) + 1, str(rec["hash"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                seq, prev = -1, "unchained"  # an older or broken file: verify says where
+                pass  # a line from before the chain (or broken): a new chain starts here
         line: dict[str, Any] = {**orjson.loads(usage.to_json()), "seq": seq, "prev": prev}
         line["hash"] = record_hash(line, key)
         os.write(fd, orjson.dumps(line, option=orjson.OPT_SORT_KEYS) + b"\n")
@@ -88,7 +88,9 @@ def verify(path: Path, key: bytes | None) -> tuple[int, list[str]]:
             problems.append(f"{path}:{n}: not valid JSON")
             continue
         if not isinstance(rec, dict) or "hash" not in rec:
-            problems.append(f"{path}:{n}: not a chained usage line")
+            problems.append(f"{path}:{n}: not a chained usage line (written before qproxy "
+                            "chained them, or edited)")
+            prev, seq = GENESIS, 0  # what append() starts after it
             continue
         if rec["hash"] != record_hash(rec, key):
             problems.append(f"{path}:{n}: line was modified (hash mismatch)")

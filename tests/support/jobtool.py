@@ -60,6 +60,47 @@ def main(argv: list[str]) -> int:
         ).encode()
         print("create", _request("POST", base + "/jobs", body, hdr)[0])
         print("config", _request("GET", f"{base}/backends/{argv[1]}/configuration", None, hdr)[0])
+    elif cmd == "probe":  # probe N: the job's own token exchange + N API calls, timed
+        statuses: list[int | str] = []
+        times: list[float] = []
+        token = ""
+        for i in range(int(argv[1]) + 1):
+            t0 = time.monotonic()
+            try:
+                if i == 0:
+                    code, token = iam(env["IAM_URL"], env["QISKIT_IBM_TOKEN"])
+                else:
+                    hdr = {"Authorization": f"Bearer {token}",
+                           "Service-CRN": env["QISKIT_IBM_INSTANCE"]}
+                    code = _request("GET", env["QISKIT_IBM_URL"].rstrip("/") + "/backends",
+                                    None, hdr)[0]
+                statuses.append(code)
+            except urllib.error.URLError as exc:  # the reason: ConnectionRefusedError, ...
+                statuses.append(type(exc.reason).__name__)
+            except OSError as exc:
+                statuses.append(type(exc).__name__)
+            times.append(time.monotonic() - t0)
+        times.sort()
+        print(json.dumps({"statuses": statuses, "p50": times[len(times) // 2],
+                          "max": times[-1]}), flush=True)
+    elif cmd == "sample-delete":  # run one sampler job, then DELETE it once it is done
+        from qiskit import QuantumCircuit
+        from qiskit.transpiler import generate_preset_pass_manager
+        from qiskit_ibm_runtime import QiskitRuntimeService, SamplerV2
+
+        service = QiskitRuntimeService()
+        backend = service.backend(env["QPU_BACKEND"])
+        qc = QuantumCircuit(2)
+        qc.h(0)
+        qc.cx(0, 1)
+        qc.measure_all()
+        isa = generate_preset_pass_manager(optimization_level=1, backend=backend).run(qc)
+        job = SamplerV2(mode=backend).run([isa], shots=4000)
+        job.result()
+        code, token = iam(env["IAM_URL"], env["QISKIT_IBM_TOKEN"])
+        hdr = {"Authorization": f"Bearer {token}", "Service-CRN": env["QISKIT_IBM_INSTANCE"]}
+        url = env["QISKIT_IBM_URL"].rstrip("/") + f"/jobs/{job.job_id()}"
+        print("delete", _request("DELETE", url, None, hdr)[0], job.job_id(), flush=True)
     elif cmd == "busy":  # busy N: submit N long sampler jobs, print their ids, then wait
         from qiskit import QuantumCircuit
         from qiskit.transpiler import generate_preset_pass_manager

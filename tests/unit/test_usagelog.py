@@ -141,3 +141,14 @@ def test_concurrent_epilogs_keep_one_chain(tmp_path: Path) -> None:
     count, problems = usagelog.verify(path, key)
     assert (count, problems) == (150, [])
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_chain_starts_after_older_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An upgraded node: the unchained lines are reported, the new chain after them holds."""
+    config = _config(tmp_path)
+    config.audit_dir.mkdir(parents=True)
+    (config.audit_dir / "usage.jsonl").write_text('{"job_id": "1", "quantum_seconds": 2.0}\n')
+    _book(config, "42", monkeypatch, 1.0)
+    rc, out = _verify(config, capsys)
+    assert rc == 1 and out.count("\n") == 1 and "usage.jsonl:1: not a chained usage line" in out
