@@ -47,5 +47,5 @@ zz = SparsePauliOp("ZZ").apply_layout(isa.layout)
 evs = estimator.run([(isa, zz)], precision=0.02).result()[0].data.evs
 print(f"<ZZ> = {float(evs):.3f}")
 print("summary: " + json.dumps({"mode": sampler.mode, "backend": sampler.backend_name,
-                                "counts": counts, "zz": float(evs),
+                                "counts": counts, "zz": round(float(evs), 4),
                                 "seconds": round(time.monotonic() - t0, 1)}))
