@@ -138,6 +138,21 @@ def test_het_job_id_parsed() -> None:
     line = "JobId=4 HetJobId=3 HetJobOffset=1 JobName=het.sh HetJobIdSet=3-4 Licenses=(null)"
     assert record_from_text("4", line).het_job_id == "3"
     assert record_from_text("5", "JobId=5 JobName=x").het_job_id == ""
+    # none of the captured plain jobs of 22.05, 24.11 and 26.05 reads as a component
+    import json
+
+    from qproxy.slurm.slurmcli import jobs_of
+
+    seen = 0
+    for path in (CONF.parents[1] / "tests" / "data" / "slurm").glob("*/*json*.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            continue  # a capture of an error message
+        for job in jobs_of(doc):
+            seen += 1
+            assert record_from_json(job).het_job_id == "", path
+    assert seen > 50, seen
 
 
 def test_het_component_without_lanes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
