@@ -29,8 +29,8 @@ bench: install
 
 lint:
 	$(PYTHON) -m pip install $(PIP_FLAGS) ruff mypy
-	$(PYTHON) -m ruff check qproxy tests bench
-	$(PYTHON) -m mypy qproxy   # strict: see [tool.mypy] in pyproject.toml
+	$(PYTHON) -m ruff check qproxy qiskit_slurm_provider tests bench
+	$(PYTHON) -m mypy qproxy qiskit_slurm_provider   # strict: see [tool.mypy] in pyproject.toml
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

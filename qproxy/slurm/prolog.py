@@ -23,6 +23,7 @@ from qproxy.slurm.slurmcli import (
     JobRecord,
     SlurmError,
     finish_admin_comment,
+    het_components,
     hostnames,
     job_info,
     node_addr,
@@ -68,6 +69,25 @@ def lanes_for(resource: Resource, info: JobRecord) -> int:
         f"--q_backend={resource.name} needs QPU lanes from Slurm: add --gres=qpu:N or "
         f"-L {resource.name}:N (N <= {resource.lanes}); job's licences: {other}"
     )
+
+
+def het_without_lanes(backend: str, info: JobRecord) -> str | None:
+    """Why this job gets no QPU and no error, or None. A heterogeneous job's --q_backend (a
+    SPANK option) reaches every component, but -L/--gres only the components that asked: a
+    component without lanes is the job's classical part, not a mistake, unless no component
+    holds lanes at all (then the usual "needs QPU lanes" error says what to add)."""
+    if not info.het_job_id or info.licenses.get(backend) or info.gres_qpu:
+        return None
+    try:
+        holders = [c.job_id for c in het_components(info.het_job_id)
+                   if c.job_id != info.job_id and (c.licenses.get(backend) or c.gres_qpu)]
+    except SlurmError as exc:  # cannot tell: no lanes here either way, so no QPU, no failure
+        log.info("job %s: reading the other components failed: %s", info.job_id, exc)
+        holders = ["?"]
+    if not holders:
+        return None
+    return (f"component {info.job_id} of heterogeneous job {info.het_job_id} has no lanes of "
+            f"{backend} (component {', '.join(holders)} does): no QPU for its tasks")
 
 
 def check(config: Config, backend: str, user: str, info: JobRecord) -> tuple[Resource, int]:
@@ -242,6 +262,11 @@ def prolog(config: Config, job_id: str, uid: int, backend: str,
     published: str | None = None  # a primary's AdminComment text, once it is known
     try:
         info = _job_info(job_id)
+        note = het_without_lanes(backend, info)
+        if note:
+            log.info("job %s: %s", job_id, note)
+            job.set_note(note)
+            return 0
         resource, lanes = check(config, backend, user, info)
         text = qpu_text(resource, lanes)
         me = this_node(node)

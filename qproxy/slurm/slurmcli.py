@@ -70,6 +70,7 @@ class JobRecord:
     nodes: str = ""  # the allocated nodes as a Slurm host list ("n[1-3]"); "" = none yet
     batch_host: str = ""  # where the batch script runs (the first node); "" = unknown
     restart_cnt: int = 0  # requeues so far: tells one run's AdminComment from the last's
+    het_job_id: str = ""  # the leader's id when this job is a heterogeneous job's component
 
 
 # ------------------------------------------------------------------------------ value readers
@@ -169,7 +170,14 @@ def record_from_json(job: dict[str, Any], source: str = "json") -> JobRecord:
         nodes=_host_list(job.get("nodes")),
         batch_host=_host_list(job.get("batch_host")),
         restart_cnt=_count(job.get("restart_cnt")),
+        het_job_id=_het_id(job.get("het_job_id")),
     )
+
+
+def _het_id(value: Any) -> str:
+    """22.05 writes 0, v0.0.40+ ``{"set": false, ...}`` for a job that is not a component."""
+    n = _count(value)
+    return str(n) if n else ""
 
 
 def _host_list(value: Any) -> str:
@@ -208,6 +216,7 @@ def record_from_text(job_id: str, line: str) -> JobRecord:
         nodes=_host_list(f.get("NodeList")),
         batch_host=_host_list(f.get("BatchHost")),
         restart_cnt=int(f["Restarts"]) if f.get("Restarts", "").isdigit() else 0,
+        het_job_id=f.get("HetJobId", "") if f.get("HetJobId", "").isdigit() else "",
     )
 
 
@@ -270,6 +279,13 @@ def job_info(job_id: str) -> JobRecord:
     for job in squeue_json(job_id):
         return record_from_json(job, "squeue")
     raise SlurmError(f"job {job_id} not found in squeue")
+
+
+def het_components(het_job_id: str) -> list[JobRecord]:
+    """Every component of heterogeneous job ``het_job_id`` (squeue filters components by
+    the leader's id differently across versions, so all jobs are read and filtered here)."""
+    return [rec for rec in (record_from_json(j, "squeue") for j in squeue_json())
+            if rec.het_job_id == het_job_id]
 
 
 def show_job_text(job_id: str, timeout: float = 10.0) -> JobRecord | None:

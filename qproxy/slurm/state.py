@@ -1,5 +1,6 @@
 """Per-job state under ``{state_dir}/<jobid>/`` (0700 root): the connection record, the
-proxy's env/ledger/summary files, its log, and the error the prolog recorded for the user."""
+proxy's env/ledger/summary files, its log, and the error the prolog recorded for the user (or
+its note that the job has no QPU here by design)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class JobState:
 
     record = property(lambda self: self.root / "record.json")
     error = property(lambda self: self.root / "error")
+    note = property(lambda self: self.root / "no-qpu")
     env_file = property(lambda self: self.root / "proxy.env")
     ledger = property(lambda self: self.root / "ledger.jsonl")
     summary = property(lambda self: self.root / "summary.json")
@@ -58,6 +60,17 @@ class JobState:
     def read_error(self) -> str | None:
         try:
             return self.error.read_text().strip() or None
+        except OSError:
+            return None
+
+    def set_note(self, message: str) -> None:
+        """This job runs on this node without a QPU, by design (no error for its tasks)."""
+        self.create()
+        write_private(self.note, message.replace("\n", " ").strip() + "\n")
+
+    def read_note(self) -> str | None:
+        try:
+            return self.note.read_text().strip() or None
         except OSError:
             return None
 

@@ -23,11 +23,15 @@ class NoQPU(Exception):
 
 
 def task_env(config: Config, job_id: str) -> dict[str, str]:
+    """The task's QPU variables; none (and no failure) where the prolog noted that this job
+    has no QPU by design (a heterogeneous job's component without lanes)."""
     job = JobState.of(config, job_id)
     error = job.read_error()
     if error:
         raise NoQPU(f"job {job_id} cannot use the QPU: {error}")
     record = job.read_record()
+    if record is None and job.read_note():
+        return {}
     if record is None:
         raise NoQPU(f"no QPU proxy was started for job {job_id} on this node (the job prolog "
                     "did not run or failed); ask your admin")

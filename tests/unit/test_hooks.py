@@ -118,3 +118,67 @@ def test_wait_ready(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 1
     finally:
         p.kill()
+
+
+# A pending heterogeneous job as 22.05's squeue --json / scontrol -o print it (captured on the
+# local cluster: `sbatch -L ibm_fez:1 --q_backend=ibm_fez : -n1`, fields trimmed).
+HET_2205 = [{"job_id": 3, "het_job_id": 3, "het_job_offset": 0, "het_job_id_set": "3-4",
+             "licenses": "ibm_fez:1", "job_state": "PENDING"},
+            {"job_id": 4, "het_job_id": 3, "het_job_offset": 1, "het_job_id_set": "3-4",
+             "licenses": "", "job_state": "PENDING"}]
+
+
+def test_het_job_id_parsed() -> None:
+    from qproxy.slurm.slurmcli import record_from_json, record_from_text
+
+    assert [record_from_json(j).het_job_id for j in HET_2205] == ["3", "3"]
+    assert record_from_json({"job_id": 5, "het_job_id": 0}).het_job_id == ""
+    assert record_from_json({"job_id": 5, "het_job_id": {"set": False, "infinite": False,
+                                                         "number": 0}}).het_job_id == ""
+    line = "JobId=4 HetJobId=3 HetJobOffset=1 JobName=het.sh HetJobIdSet=3-4 Licenses=(null)"
+    assert record_from_text("4", line).het_job_id == "3"
+    assert record_from_text("5", "JobId=5 JobName=x").het_job_id == ""
+    # none of the captured plain jobs of 22.05, 24.11 and 26.05 reads as a component
+    import json
+
+    from qproxy.slurm.slurmcli import jobs_of
+
+    seen = 0
+    for path in (CONF.parents[1] / "tests" / "data" / "slurm").glob("*/*json*.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            continue  # a capture of an error message
+        for job in jobs_of(doc):
+            seen += 1
+            assert record_from_json(job).het_job_id == "", path
+    assert seen > 50, seen
+
+
+def test_het_component_without_lanes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The classical component of a heterogeneous job gets no QPU and no error; a component
+    with lanes, a plain job without lanes, or a het job where no component has lanes are
+    unchanged (the last two keep the "needs QPU lanes" refusal)."""
+    from qproxy.slurm import prolog, taskenv
+    from qproxy.slurm.slurmcli import record_from_json
+    from qproxy.slurm.state import JobState
+
+    comps = [record_from_json(j, "squeue") for j in HET_2205]
+    monkeypatch.setattr(prolog, "het_components", lambda het: [c for c in comps
+                                                                if c.het_job_id == het])
+    note = prolog.het_without_lanes("ibm_fez", comps[1])
+    assert note and "component 4 of heterogeneous job 3" in note and "component 3" in note
+    assert prolog.het_without_lanes("ibm_fez", comps[0]) is None  # holds the lanes
+    assert prolog.het_without_lanes("ibm_fez", _info()) is None  # not a het job
+    none = [JobRecord("7", "RUNNING", het_job_id="7"), JobRecord("8", "RUNNING", het_job_id="7")]
+    monkeypatch.setattr(prolog, "het_components", lambda het: none)
+    assert prolog.het_without_lanes("ibm_fez", none[1]) is None
+    # task-env: the prolog's note means "no variables", not a failure; an error still fails
+    text = CONF.read_text().replace('"/run/qproxy"', f'"{tmp_path}"')
+    (tmp_path / "q.toml").write_text(text)
+    config = load(tmp_path / "q.toml")
+    JobState.of(config, "4").set_note(note)
+    assert taskenv.task_env(config, "4") == {}
+    JobState.of(config, "9").create()
+    with pytest.raises(taskenv.NoQPU, match="no QPU proxy was started"):
+        taskenv.task_env(config, "9")

@@ -20,16 +20,20 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qproxy.client.slurm_mode.errors import DeadlockError
 from qproxy.slurm.slurmcli import RUNNING_STATES, JobRecord, Slurm, SlurmError
 
+if TYPE_CHECKING:
+    from qproxy.config import Config
+
 _ADMIN = re.compile(r"qpu backend=(\S+)")
 
 
-def backend_lanes(slurm: Slurm, backend: str, config_path: str | Path | None) -> int | None:
-    """B's lane count: the qproxy admin config (explicit path, $QPROXY_CONFIG, the plugin's
-    plugstack ``config=``, /etc/qproxy/qproxy.toml), else Slurm's licence total."""
+def admin_config(slurm: Slurm, config_path: str | Path | None = None) -> Config | None:
+    """The qproxy admin config (world-readable): the explicit path, $QPROXY_CONFIG, the
+    plugin's plugstack ``config=``, /etc/qproxy/qproxy.toml; None when unreadable."""
     from qproxy.config import DEFAULT_CONFIG_PATH, ConfigError, load
 
     candidates = [config_path, os.environ.get("QPROXY_CONFIG")]
@@ -43,11 +47,17 @@ def backend_lanes(slurm: Slurm, backend: str, config_path: str | Path | None) ->
             path = None
         path = path or DEFAULT_CONFIG_PATH
     try:
-        res = load(path).resources.get(backend)
-        if res is not None:
-            return res.lanes
-    except ConfigError:
-        pass
+        return load(path)
+    except (ConfigError, OSError):
+        return None
+
+
+def backend_lanes(slurm: Slurm, backend: str, config_path: str | Path | None) -> int | None:
+    """B's lane count: the qproxy admin config (admin_config), else Slurm's licence total."""
+    config = admin_config(slurm, config_path)
+    res = config.resources.get(backend) if config is not None else None
+    if res is not None:
+        return res.lanes
     return slurm.license_total(backend)
 
 
