@@ -30,3 +30,17 @@ def alive(pid: int) -> bool:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
+
+
+def serve_processes() -> dict[int, set[tuple[str, str]]]:
+    """Every ``qproxy serve`` process on this host: pid -> its (option, value) pairs (see
+    ``serve_options``). ``qproxy status`` looks for proxies that no record names."""
+    found: dict[int, set[tuple[str, str]]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if name.isdigit() and (opts := serve_options(int(name))) and alive(int(name)):
+            found[int(name)] = opts
+    return found
