@@ -210,6 +210,15 @@ def _n(v: object) -> str:
     return "-" if v is None else str(v)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     width = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)).rstrip()
@@ -226,7 +235,7 @@ def render(st: NodeStatus) -> str:
         for p in st.proxies:
             upstream = (f"{p.queued}/{p.running}/{p.upstream_jobs}"
                         if p.upstream_jobs is not None else "-")
-            left = f"{p.seconds_left:.0f}s" if p.seconds_left is not None else "-"
+            left = _duration(p.seconds_left)
             role = p.role if p.role != "relay" else f"relay->{p.primary}"
             rows.append([p.job_id, p.user, p.account or "-", p.resource, role,
                          f"{p.lanes_held}/{_n(p.lanes_in_use)}", upstream, left,
