@@ -88,6 +88,12 @@ def test_status_shows_running_job_with_its_lanes(qpu_cluster: Cluster) -> None:
         row = next(ln for ln in text.splitlines() if ln.strip().startswith(job.id + " "))
         assert " 2/1 " in row and "ibm_fez" in row, text
 
+        # the proxy's status file is root's alone: no job user reads it, not even its own
+        sfile = qpu_cluster.run_dir / job.id / "status.json"
+        assert sfile.stat().st_mode & 0o777 == 0o600
+        assert (qpu_cluster.run_dir / job.id).stat().st_mode & 0o777 == 0o700
+        assert qpu_cluster.as_user("cat", str(sfile)).returncode != 0
+
         wait_for(lambda: (wd / "done").exists(), 180, "the upstream job's result")
 
         def idle() -> dict[str, Any] | None:
@@ -101,6 +107,18 @@ def test_status_shows_running_job_with_its_lanes(qpu_cluster: Cluster) -> None:
         qpu_cluster.as_user("scancel", job.id)
     qpu_cluster.wait_gone(job.id)
     assert proxy_of(status(qpu_cluster, "--no-devices")[1], job.id) is None
+    # and `qproxy usage` books it (this cluster has no slurmdbd: the line's own times)
+    out = subprocess.run(
+        [sys.executable, "-m", "qproxy", "usage", "--config", str(qpu_cluster.config),
+         "--json"], env=qpu_cluster.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    run = next(r for r in doc["runs"] if r["job_id"] == job.id)
+    line = qpu_cluster.usage(job.id)
+    assert line is not None and doc["sacct"] == "unavailable"
+    assert (run["upstream_jobs"], run["lanes"], run["elapsed_from"]) == (1, 2, "usage")
+    assert run["qpu_seconds"] == line["quantum_seconds"] and run["qpu_seconds"] > 0
+    assert abs(run["lane_seconds"] - 2 * (line["time"] - line["started"])) < 1e-6  # type: ignore[operator]
 
 
 def test_inconsistent_states_get_a_line_and_reap_does_what_it_says(
