@@ -259,7 +259,7 @@ def render(st: NodeStatus) -> str:
         rows = []
         for d in st.devices:
             state = ("online" if d.online else "OFFLINE" if d.reachable else "UNREACHABLE")
-            detail = ": ".join(x for x in (d.status, d.message) if x)
+            detail = ": ".join(x for x in (d.status if d.reachable else "", d.message) if x)
             rows.append([d.resource, d.backend, f"upstream {d.upstream}", state,
                          detail, f"queue {_n(d.queue)}"])
         out += ["  " + ln for ln in _table(["resource", "device", "via", "state", "detail",
@@ -296,8 +296,9 @@ def main(argv: list[str]) -> int:
         return 2
     import os
 
-    if config.state_dir.exists() and not os.access(config.state_dir, os.R_OK | os.X_OK):
-        print(f"qproxy status: cannot read {config.state_dir} (root only: run as root)",
+    if os.geteuid() != 0 or (config.state_dir.exists()
+                             and not os.access(config.state_dir, os.R_OK | os.X_OK)):
+        print(f"qproxy status: needs root ({config.state_dir} and the vendor key are root's)",
               file=sys.stderr)
         return 2
     st = gather(config, devices=not args.no_devices, timeout=args.timeout)
