@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("qproxy.admin.audit", "inspect and verify per-job audit logs"),
     "secrets": ("qproxy.admin.secrets", "manage the admin's vendor secrets (encrypted at rest)"),
     "doctor": ("qproxy.admin.doctor", "check this node's config, secrets and SPANK plugin build"),
+    "status": ("qproxy.admin.status", "this node's proxies, leases, devices and problems"),
+    "usage": ("qproxy.admin.usage", "QPU usage per user/account/resource/day (table, CSV, plot)"),
     "hook": ("qproxy.slurm.hookcli", "Slurm hook entry points (prolog, task-env, epilog, reap)"),
 }
 

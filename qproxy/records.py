@@ -5,7 +5,10 @@
 - :class:`JobSummary` -- ``{state_dir}/<job>/summary.json``: the proxy writes it at shutdown
   (or the epilog builds it from the ledger when the proxy died); the epilog turns it into
 - :class:`UsageRecord` -- one line of ``{audit_dir}/usage.jsonl`` per job and node, what
-  admins and accounting tools read.
+  admins and accounting tools read (``qproxy usage``).
+- :class:`ProxyStatus` -- ``{state_dir}/<job>/status.json`` (:data:`STATUS_FILE`): the proxy
+  rewrites it whenever its lanes or upstream jobs change; ``qproxy status`` reads it. In the
+  job's root-only state dir, so no job user can read another job's (or its own) figures.
 
 The JSON keys are the files' published format (docs/admin.md): a reader accepts only
 well-typed values and treats anything else as absent, since a half-written or tampered file
@@ -40,6 +43,7 @@ def _checked(cls: type, data: Any) -> dict[str, Any] | None:
 _JSON_KINDS: dict[str, tuple[type, ...]] = {
     "str": (str,), "str | None": (str,), "int": (int,), "int | None": (int,),
     "float": (float, int), "float | None": (float, int), "list[str]": (list,),
+    "dict[str, str]": (dict,),
 }
 
 
@@ -143,6 +147,11 @@ class UsageRecord:
     # a multi-node job's "primary" or "relay" (whose upstream_jobs is always 0: the
     # primary's line carries the job's QPU usage); absent for a single-node job
     role: str | None = None
+    # when the job's proxy started (the lanes were held from then to ``time``), the job's
+    # Slurm account and, for a relay, its node; absent in lines of older qproxy versions
+    started: float | None = None
+    account: str | None = None
+    node: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items()
@@ -161,3 +170,39 @@ class UsageRecord:
                 f"upstream_jobs={self.upstream_jobs} "
                 f"quantum_seconds={self.quantum_seconds:.3f} "
                 f"cancelled={len(self.cancelled_at_shutdown)}")
+
+
+STATUS_FILE = "status.json"  # next to record.json in the job's state dir
+
+
+@dataclass(frozen=True)
+class ProxyStatus:
+    """What a running proxy holds, as it last wrote it: lanes in use (upstream jobs queued or
+    running plus submissions that have reserved a lane) and its upstream jobs by state."""
+
+    job_id: str
+    pid: int
+    port: int = 0
+    lanes: int = 0
+    lanes_in_use: int = 0
+    end_time: float = 0.0  # the job's Slurm end time (epoch s): no new work after it
+    jobs: dict[str, str] = field(default_factory=dict)  # upstream job id -> last known state
+    requests: int = 0
+    updated: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self | None:
+        values = _checked(cls, data)
+        if values is None:
+            return None
+        values["jobs"] = {str(k): str(v) for k, v in values.get("jobs", {}).items()}
+        try:
+            return cls(**values)
+        except TypeError:
+            return None
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.jobs.values() if s.lower() == state.lower())

@@ -53,3 +53,31 @@ def alive(pid: int) -> bool:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
+
+
+def _netns(pid: int | str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def serve_processes() -> dict[int, set[tuple[str, str]]]:
+    """Every ``qproxy serve`` process of this node: pid -> its (option, value) pairs (see
+    ``serve_options``); the reaper and ``qproxy status`` look for proxies no record names.
+
+    "This node" = our network namespace (where the proxy's loopback port is): where several
+    nodes share one host (the test clusters: a network namespace per node, one PID space, the
+    same config path on each node), another node's proxy must never look like ours. (Not the
+    mount namespace: `scripts/cluster exec --node` makes a fresh one per command.)"""
+    found: dict[int, set[tuple[str, str]]] = {}
+    here = _netns("self")
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if name.isdigit() and (opts := serve_options(int(name))) and alive(int(name)) and (
+                here is not None and _netns(name) == here):
+            found[int(name)] = opts
+    return found

@@ -28,7 +28,7 @@ from qproxy.proxy.audit import AuditLog, load_key
 from qproxy.proxy.auth import new_job_token
 from qproxy.proxy.cleanup import read_ledger, read_usage
 from qproxy.proxy.relayauth import RelayListener, add_args, open_listener
-from qproxy.records import JobSummary
+from qproxy.records import STATUS_FILE, JobSummary
 from qproxy.secrets import SecretsError, get_secret
 
 if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (see main)
@@ -275,6 +275,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
 
     from aiohttp import web
 
+    from qproxy.proxy import statusfile
     from qproxy.proxy.app import create_app, flush_unauthenticated
     from qproxy.proxy.cleanup import cleanup
     from qproxy.proxy.connlimit import ConnGuard
@@ -309,6 +310,8 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
              conf.proxy.host, sock.getsockname()[1])
     warm = asyncio.create_task(warm_up(ctx))
     poller = asyncio.create_task(poll_status(ctx))
+    status = asyncio.create_task(statusfile.keep_written(
+        ctx, args.env_file.parent / STATUS_FILE, os.getpid(), sock.getsockname()[1]))
     if after_start is not None:  # right away: a job may end within a fraction of a second,
         loop.call_soon(after_start)  # and its first request comes ~0.1 s after this anyway
 
@@ -317,6 +320,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     ctx.timelimit.end_time = min(ctx.timelimit.end_time, time.time())  # no new work
     poller.cancel()
     warm.cancel()
+    status.cancel()
     seen = list(ctx.owned.jobs)
     try:
         await asyncio.wait_for(ctx.usage.drain(), CLEANUP_TIMEOUT / 4)

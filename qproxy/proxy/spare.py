@@ -72,8 +72,9 @@ def is_spare(pid: int, spare_id: str) -> bool:
     return ("--spare", spare_id) in serve_options(pid)
 
 
-def listing(state_dir: Path) -> list[tuple[Path, int, str]]:
-    """(socket path, pid, id) of the spares on this node; files of dead ones are removed."""
+def listing(state_dir: Path, prune: bool = True) -> list[tuple[Path, int, str]]:
+    """(socket path, pid, id) of the spares on this node; files of dead ones are removed
+    (unless ``prune`` is False: ``qproxy status`` only looks)."""
     d = spares_dir(state_dir)
     try:
         names = sorted(os.listdir(d))
@@ -88,7 +89,7 @@ def listing(state_dir: Path) -> list[tuple[Path, int, str]]:
         path = d / name
         if alive(pid) and is_spare(pid, spare_id):
             found.append((path, pid, spare_id))
-        else:
+        elif prune:
             path.unlink(missing_ok=True)
             (d / f"{spare_id}.log").unlink(missing_ok=True)
     return found

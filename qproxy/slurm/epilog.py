@@ -89,7 +89,10 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         quantum_seconds=summary.quantum_seconds,
         cancelled_at_shutdown=summary.cancelled_at_shutdown, bytes_in=summary.bytes_in,
         bytes_out=summary.bytes_out, by=summary.by, error=summary.error,
-        role=record.role if record and record.role != "single" else None)
+        role=record.role if record and record.role != "single" else None,
+        started=record.started or None if record else None,
+        account=record.account or None if record else None,
+        node=record.node or None if record else None)
     try:
         lease.release(config, job_id)
     except OSError:

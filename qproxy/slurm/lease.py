@@ -68,3 +68,16 @@ def release(config: Config, job_id: str) -> None:
 def held(config: Config) -> Leases:
     with _locked(config) as (_, leases):
         return {k: dict(v) for k, v in leases.items()}
+
+
+def peek(config: Config) -> Leases:
+    """The leases as they are, read without the lock and without writing anything (for
+    ``qproxy status`` and the reaper's plan: a reader must not create or rewrite state)."""
+    try:
+        data = json.loads((config.state_dir / "leases.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): {str(j): n for j, n in v.items() if isinstance(n, int)}
+            for k, v in data.items() if isinstance(v, dict)}

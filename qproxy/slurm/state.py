@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qproxy.config import Config
 from qproxy.files import atomic_write
-from qproxy.records import ProxyRecord
+from qproxy.records import STATUS_FILE, ProxyRecord, ProxyStatus
 
 log = logging.getLogger("qproxy.slurm")
 
@@ -47,6 +47,7 @@ class JobState:
     ledger = property(lambda self: self.root / "ledger.jsonl")
     summary = property(lambda self: self.root / "summary.json")
     proxy_log = property(lambda self: self.root / "proxy.log")
+    status = property(lambda self: self.root / STATUS_FILE)
 
     def create(self) -> None:
         ensure_private_dir(self.root.parent)
@@ -81,6 +82,13 @@ class JobState:
         """The connection record, or None when absent, unreadable or malformed."""
         try:
             return ProxyRecord.from_json(json.loads(self.record.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def read_status(self) -> ProxyStatus | None:
+        """What the job's proxy last wrote about its lanes and upstream jobs."""
+        try:
+            return ProxyStatus.from_json(json.loads(self.status.read_text()))
         except (OSError, ValueError):
             return None
 

@@ -182,3 +182,45 @@ def test_het_component_without_lanes(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     JobState.of(config, "9").create()
     with pytest.raises(taskenv.NoQPU, match="no QPU proxy was started"):
         taskenv.task_env(config, "9")
+
+
+def test_reap_plan(tmp_path: Path) -> None:
+    """What the reaper would do (and `qproxy status` shows): tear down jobs Slurm no longer
+    runs unless their state is too young, release leases without a job, stop a proxy of this
+    config whose job has no state; never touch a live job or another config's proxy."""
+    import os
+
+    from qproxy.slurm.reap import GRACE_SECONDS, plan
+
+    text = CONF.read_text().replace('"/run/qproxy"', f'"{tmp_path}"')
+    (tmp_path / "q.toml").write_text(text)
+    config = load(tmp_path / "q.toml")
+    for job in ("1", "2", "3"):
+        (tmp_path / job).mkdir()
+    old = time.time() - 2 * GRACE_SECONDS
+    for job in ("1", "2"):
+        os.utime(tmp_path / job, (old, old))
+    lease.acquire(config, config.resources["ibm_torino"], "9", 1)
+    (tmp_path / "9").mkdir()  # acquire drops leases of jobs without state: make it stale after
+    lease.acquire(config, config.resources["ibm_fez"], "1", 1)
+    (tmp_path / "9").rmdir()
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "serve",
+                               "--job-id", job, "--config", cfg])
+             for job, cfg in (("7", str(tmp_path / "q.toml")), ("8", "/elsewhere.toml"))]
+    try:
+        deadline = time.monotonic() + 10
+        while not all(proxyproc.is_our_proxy(p.pid, j) for p, j in zip(procs, "78", strict=True)):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        actions = plan(config, live={"2"}, asked=time.time())
+        got = {(a.kind, a.job_id, a.pid) for a in actions}
+        assert got == {("finish", "1", None), ("keep", "3", None), ("release", "9", None),
+                       ("stop", "7", procs[0].pid)}, actions
+        got = {(a.kind, a.job_id) for a in plan(config, live={"2", "7"}, asked=time.time())}
+        assert ("keep", "7") in got and ("stop", "7") not in got
+        assert {a.job_id for a in plan(config, set(), time.time(), everything=True)
+                if a.kind == "finish"} == {"1", "2", "3"}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

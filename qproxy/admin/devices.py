@@ -1,0 +1,69 @@
+"""Each configured resource's device as its upstream reports it (``GET
+/backends/{backend}/status`` with the centre's credentials): is the upstream reachable, is the
+device online. Root only (reads the vendor key); used by ``qproxy status``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from qproxy.config import Config, Resource
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    resource: str
+    backend: str  # the upstream's device name
+    upstream: str  # [upstreams.NAME]
+    reachable: bool
+    online: bool  # reachable and the device accepts jobs
+    status: str = ""  # the upstream's word ("active", "paused", ...), or why it is unknown
+    message: str = ""
+    queue: int | None = None  # the upstream's queue length for the device
+
+
+async def _one(config: Config, resource: Resource, timeout: float) -> DeviceStatus:
+    from qproxy.proxy.upstream import connect
+    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.secrets import SecretsError, get_secret
+
+    upstream = config.upstream_for(resource)
+    base = DeviceStatus(resource.name, resource.backend, upstream.name, False, False)
+    try:
+        client = connect(upstream, get_secret(config, upstream.api_key_secret))
+    except SecretsError as exc:
+        return _with(base, status="no credentials", message=str(exc))
+    try:
+        code, doc, _ = await asyncio.wait_for(
+            client.call("GET", f"/backends/{resource.backend}/status"), timeout)
+    except TimeoutError:
+        return _with(base, status="unreachable", message=f"no answer within {timeout:g} s")
+    except (UpstreamError, OSError) as exc:
+        return _with(base, status="unreachable", message=str(exc)[:200])
+    finally:
+        await client.close()
+    if code != 200 or not isinstance(doc, dict):
+        return _with(base, reachable=True, status=f"HTTP {code}",
+                     message="the upstream does not report this device")
+    word = str(doc.get("status") or "")
+    online = doc.get("state") is True and word.lower() in ("active", "online", "")
+    queue = doc.get("length_queue")
+    return _with(base, reachable=True, online=online, status=word or str(doc.get("state")),
+                 message=str(doc.get("message") or ""),
+                 queue=queue if isinstance(queue, int) and not isinstance(queue, bool) else None)
+
+
+def _with(base: DeviceStatus, **changes: object) -> DeviceStatus:
+    from dataclasses import replace
+
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def _all(config: Config, timeout: float) -> list[DeviceStatus]:
+    return list(await asyncio.gather(*(_one(config, r, timeout)
+                                       for r in config.resources.values())))
+
+
+def probe(config: Config, timeout: float = 5.0) -> list[DeviceStatus]:
+    """Every resource's device, asked in parallel, each bounded by ``timeout`` seconds."""
+    return asyncio.run(_all(config, timeout))
