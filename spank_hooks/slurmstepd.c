@@ -53,6 +53,11 @@ int qpu_slurmstepd_task_init(spank_t sp, const struct qpu_config *cfg)
     }
     for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         char *eq = strchr(line, '=');
+        if (line[0] == '-' && !eq && valid_name(line + 1)) {
+            /* "-NAME": a task with no QPU must not keep one inherited from another step */
+            spank_unsetenv(sp, line + 1);
+            continue;
+        }
         if (!eq)
             continue;
         *eq = '\0';

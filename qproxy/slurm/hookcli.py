@@ -52,7 +52,9 @@ def main(argv: list[str]) -> int:
         except NoQPU as exc:
             print(exc)
             return 1
-        sys.stdout.write("".join(f"{k}={v}\n" for k, v in env.items()))
+        # "-NAME" unsets NAME (spank_hooks/slurmstepd.c)
+        sys.stdout.write("".join(f"-{k}\n" if v is None else f"{k}={v}\n"
+                                 for k, v in env.items()))
         return 0
     setup_logging(config)
     if args.cmd == "prolog":

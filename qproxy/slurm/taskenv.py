@@ -18,20 +18,26 @@ from qproxy.slurm.state import JobState
 MAX_WAIT_SECONDS = 45.0
 
 
+# Every variable task init may set (qproxy.clientenv owns the client's names).
+QPU_ENV_NAMES = (*CLIENT_ENV_NAMES, "QPU_BACKEND", "QPU_LANES")
+
+
 class NoQPU(Exception):
     pass
 
 
-def task_env(config: Config, job_id: str) -> dict[str, str]:
-    """The task's QPU variables; none (and no failure) where the prolog noted that this job
-    has no QPU by design (a heterogeneous job's component without lanes)."""
+def task_env(config: Config, job_id: str) -> dict[str, str | None]:
+    """The task's QPU variables (None: unset it); where the prolog noted that this job has no
+    QPU by design (a heterogeneous job's component without lanes) every QPU variable is
+    unset and there is no failure: ``srun --het-group=1`` in a batch script of the QPU
+    component would otherwise hand it the other component's endpoint."""
     job = JobState.of(config, job_id)
     error = job.read_error()
     if error:
         raise NoQPU(f"job {job_id} cannot use the QPU: {error}")
     record = job.read_record()
     if record is None and job.read_note():
-        return {}
+        return dict.fromkeys(QPU_ENV_NAMES)
     if record is None:
         raise NoQPU(f"no QPU proxy was started for job {job_id} on this node (the job prolog "
                     "did not run or failed); ask your admin")
@@ -52,7 +58,7 @@ def task_env(config: Config, job_id: str) -> dict[str, str]:
     missing = [k for k in CLIENT_ENV_NAMES if k not in proxy_env]
     if missing:
         raise NoQPU(f"the QPU proxy of job {job_id} gave no {', '.join(missing)}")
-    env = {k: proxy_env[k] for k in CLIENT_ENV_NAMES}
+    env: dict[str, str | None] = {k: proxy_env[k] for k in CLIENT_ENV_NAMES}
     env["QPU_BACKEND"] = record.resource
     env["QPU_LANES"] = str(record.lanes)
     return env

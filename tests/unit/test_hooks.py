@@ -178,7 +178,7 @@ def test_het_component_without_lanes(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     (tmp_path / "q.toml").write_text(text)
     config = load(tmp_path / "q.toml")
     JobState.of(config, "4").set_note(note)
-    assert taskenv.task_env(config, "4") == {}
+    assert taskenv.task_env(config, "4") == dict.fromkeys(taskenv.QPU_ENV_NAMES)
     JobState.of(config, "9").create()
     with pytest.raises(taskenv.NoQPU, match="no QPU proxy was started"):
         taskenv.task_env(config, "9")

@@ -405,6 +405,11 @@ spank_err_t spank_setenv(spank_t sp, const char *var, const char *val, int overw
     (void)sp; (void)var; (void)val; (void)overwrite;
     return ESPANK_ERROR;
 }
+spank_err_t spank_unsetenv(spank_t sp, const char *var)
+{
+    (void)sp; (void)var;
+    return ESPANK_ERROR;
+}
 
 static int call(void *so, const char *name, int ac, char **av)
 {
