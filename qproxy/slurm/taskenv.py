@@ -8,7 +8,9 @@ Stdlib only besides qproxy's small config/state modules: this runs once per task
 
 from __future__ import annotations
 
-from qproxy.clientenv import CLIENT_ENV_NAMES
+import time
+
+from qproxy.clientenv import CLIENT_ENV_NAMES, qrmi_env
 from qproxy.config import Config
 from qproxy.proxy.process import alive
 from qproxy.slurm import proxyproc
@@ -51,4 +53,7 @@ def task_env(config: Config, job_id: str) -> dict[str, str]:
     env = {k: proxy_env[k] for k in CLIENT_ENV_NAMES}
     env["QPU_BACKEND"] = record.resource
     env["QPU_LANES"] = str(record.lanes)
+    # IBM's QRMI job code, through the same proxy and token (see qproxy.clientenv).
+    left = int(record.end_time - time.time()) if record.end_time else None
+    env.update(qrmi_env(record.resource, env, left))
     return env
