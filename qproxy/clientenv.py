@@ -67,6 +67,12 @@ _QRMI_SUFFIXES = (
 )
 
 
+def qrmi_name_ok(resource: str) -> bool:
+    """Whether ``{resource}_QRMI_...`` is an environment name (letters, digits, ``_``): the
+    SPANK plugin sets no other names, and spank_qrmi has the same limit."""
+    return resource.isascii() and resource.isidentifier()
+
+
 def qrmi_env_names(resource: str) -> tuple[str, ...]:
     """Every QRMI name task init sets (overriding the user's) for a job on ``resource``."""
     return (QRMI_RESOURCES, QRMI_TYPES, *(resource + s for s in _QRMI_SUFFIXES))
@@ -74,7 +80,10 @@ def qrmi_env_names(resource: str) -> tuple[str, ...]:
 
 def qrmi_env(resource: str, client: dict[str, str], timeout_seconds: int | None) -> dict[str, str]:
     """QRMI's environment for ``resource``, from the job's :func:`client_env` (same token,
-    same proxy). ``timeout_seconds`` None (no Slurm time limit): no per-job ``cost``."""
+    same proxy). ``timeout_seconds`` None (no Slurm time limit): no per-job ``cost``. A
+    resource whose name cannot prefix an environment name (``-``, ``.``) gets none."""
+    if not qrmi_name_ok(resource):
+        return {}
     root = client["IAM_URL"].rstrip("/")
     env = {
         QRMI_RESOURCES: resource,
