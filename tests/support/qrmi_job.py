@@ -13,7 +13,7 @@ from pathlib import Path
 
 warnings.simplefilter("ignore")
 
-from qiskit import QuantumCircuit  # noqa: E402
+from qiskit import QuantumCircuit, qasm3  # noqa: E402
 from qiskit.quantum_info import SparsePauliOp  # noqa: E402
 from qiskit.transpiler import generate_preset_pass_manager  # noqa: E402
 from qrmi import ResourceType  # noqa: E402
@@ -49,7 +49,7 @@ ev = EstimatorV2(qrmi).run([(isa, obs)]).result()
 out["ev"] = float(ev[0].data.evs)
 
 # task_runner: the CLI that spank-plugins' users run under srun, with a primitive input file.
-params = {"pubs": [[__import__("qiskit").qasm3.dumps(meas), None, 200]], "shots": 200,
+params = {"pubs": [[qasm3.dumps(meas), None, 200]], "shots": 200,
           "version": 2, "support_qiskit": True, "options": {}}
 (scratch / "input.json").write_text(json.dumps({"program_id": "sampler", "parameters": params}))
 runner = Path(sys.executable).with_name("task_runner")
