@@ -148,11 +148,19 @@ def test_qrmi(proxy_factory: Any, emulator: Any, tmp_path: Path) -> None:
 
     api = [e for e in tap.exchanges if "/api/v1/" in e.path]
     # What QRMI sends and expects, as the module docstring of qproxy.clientenv says.
-    assert api and all(e.request_headers.get("User-Agent") == "SLURM-QRMI-QRS" for e in api)
+    assert api and all(e.request_headers.get("user-agent") == "SLURM-QRMI-QRS" for e in api)
     assert all(e.path.startswith("/api/v1/") for e in api)  # the real service's prefix
+    # IBM-API-Version only on some reads (QRMIService's discovery: GET /backends, for the V2
+    # device list, and GET /jobs); creating sessions and jobs and closing go without one.
+    versioned = {(e.method, e.path) for e in api if "ibm-api-version" in e.request_headers}
+    assert ("GET", "/api/v1/backends") in versioned
+    assert all(m == "GET" for m, _ in versioned), versioned
+    assert any(e.method != "GET" for e in api)
+    assert {e.request_headers["ibm-api-version"] for e in api
+            if "ibm-api-version" in e.request_headers} == {"2025-01-01"}
     results = [e for e in api if e.path.endswith("/results")]
     assert len(results) == 3 and all(
-        e.response_headers["Content-Type"].startswith("text/plain") for e in results)
+        e.response_headers["content-type"].startswith("text/plain") for e in results)
     assert all(e.status < 400 for e in tap.exchanges), [
         (e.method, e.path, e.status) for e in tap.exchanges if e.status >= 400]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -16,13 +17,18 @@ from aiohttp import web
 _SKIP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive"})
 
 
+def _lower(headers: Any) -> dict[str, str]:
+    """Header names lower-cased (HTTP names are case-insensitive; reqwest sends lower case)."""
+    return {k.lower(): v for k, v in headers.items()}
+
+
 @dataclass
 class Exchange:
     method: str
     path: str
-    request_headers: dict[str, str]
+    request_headers: dict[str, str]  # names lower-cased
     status: int
-    response_headers: dict[str, str]
+    response_headers: dict[str, str]  # names lower-cased
     body: bytes
 
 
@@ -44,8 +50,9 @@ class Tap:
         ) as r:
             data = await r.read()
             out_headers = {k: v for k, v in r.headers.items() if k.lower() not in _SKIP}
-            self.exchanges.append(Exchange(request.method, request.path, dict(request.headers),
-                                           r.status, dict(r.headers), data))
+            self.exchanges.append(Exchange(
+                request.method, request.path, _lower(request.headers), r.status,
+                _lower(r.headers), data))
             return web.Response(status=r.status, body=data, headers=out_headers)
 
     def start(self) -> Tap:
