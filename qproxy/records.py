@@ -69,6 +69,7 @@ class ProxyRecord:
     role: str = "single"
     primary: str = ""  # a relay's primary (ADDR:PORT)
     node: str = ""  # a relay's node name (names its audit log, see slurm.state.audit_stem)
+    end_time: float = 0.0  # the job's Slurm end time (epoch s; 0 = unlimited): QRMI's timeout
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

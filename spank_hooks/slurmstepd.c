@@ -15,12 +15,14 @@
 
 #include "qpu.h"
 
+/* A POSIX environment name: QISKIT_*, QPU_* and QRMI's per-resource {name}_QRMI_* (resource
+ * names may be lower case, e.g. ibm_fez_QRMI_IBM_QCS_ENDPOINT). */
 static int valid_name(const char *s)
 {
-    if (!*s)
+    if (!*s || isdigit((unsigned char)*s))
         return 0;
     for (; *s; s++)
-        if (!isupper((unsigned char)*s) && !isdigit((unsigned char)*s) && *s != '_')
+        if (!isalnum((unsigned char)*s) && *s != '_')
             return 0;
     return 1;
 }

@@ -242,7 +242,7 @@ def start_relay(config: Config, job: JobState, resource: Resource, user: str, ui
     job.write_record(ProxyRecord(
         job_id=job.job_id, user=user, uid=uid, account=info.account, resource=resource.name,
         upstream_backend=resource.backend, lanes=lanes, pid=pid, env_file=str(job.env_file),
-        started=time.time(), role="relay", primary=primary, node=me))
+        started=time.time(), role="relay", primary=primary, node=me, end_time=info.end_time))
     return pid
 
 
@@ -287,7 +287,7 @@ def prolog(config: Config, job_id: str, uid: int, backend: str,
         job.write_record(ProxyRecord(
             job_id=job_id, user=user, uid=uid, account=info.account, resource=resource.name,
             upstream_backend=resource.backend, lanes=lanes, pid=pid, spare=spare_id,
-            env_file=str(job.env_file), started=time.time(), role=role))
+            env_file=str(job.env_file), started=time.time(), role=role, end_time=info.end_time))
         if role == "single":
             finish_admin_comment(job_id, comment)
         else:

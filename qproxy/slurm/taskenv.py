@@ -8,7 +8,9 @@ Stdlib only besides qproxy's small config/state modules: this runs once per task
 
 from __future__ import annotations
 
-from qproxy.clientenv import CLIENT_ENV_NAMES
+import time
+
+from qproxy.clientenv import CLIENT_ENV_NAMES, QRMI_RESOURCES, QRMI_TYPES, qrmi_env
 from qproxy.config import Config
 from qproxy.proxy.process import alive
 from qproxy.slurm import proxyproc
@@ -19,7 +21,8 @@ MAX_WAIT_SECONDS = 45.0
 
 
 # Every variable task init may set (qproxy.clientenv owns the client's names).
-QPU_ENV_NAMES = (*CLIENT_ENV_NAMES, "QPU_BACKEND", "QPU_LANES")
+# (QRMI's per-resource names need no unsetting: without its resource list QRMI has none.)
+QPU_ENV_NAMES = (*CLIENT_ENV_NAMES, "QPU_BACKEND", "QPU_LANES", QRMI_RESOURCES, QRMI_TYPES)
 
 
 class NoQPU(Exception):
@@ -58,7 +61,10 @@ def task_env(config: Config, job_id: str) -> dict[str, str | None]:
     missing = [k for k in CLIENT_ENV_NAMES if k not in proxy_env]
     if missing:
         raise NoQPU(f"the QPU proxy of job {job_id} gave no {', '.join(missing)}")
-    env: dict[str, str | None] = {k: proxy_env[k] for k in CLIENT_ENV_NAMES}
-    env["QPU_BACKEND"] = record.resource
-    env["QPU_LANES"] = str(record.lanes)
-    return env
+    client = {k: proxy_env[k] for k in CLIENT_ENV_NAMES}
+    client["QPU_BACKEND"] = record.resource
+    client["QPU_LANES"] = str(record.lanes)
+    # IBM's QRMI job code, through the same proxy and token (see qproxy.clientenv).
+    left = int(record.end_time - time.time()) if record.end_time else None
+    client.update(qrmi_env(record.resource, client, left))
+    return dict(client)

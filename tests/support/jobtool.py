@@ -37,6 +37,35 @@ def iam(base: str, apikey: str) -> tuple[int, str]:
     return code, token
 
 
+MAX_FILES = 200_000
+
+
+def readable(out: str, roots: list[str]) -> None:
+    """List the regular files under ``roots`` this user can read (at most MAX_FILES) into
+    ``OUT`` (the test, as root, scans them afterwards: the job never holds the key to search
+    for), and copy what it can read of every process's environ and cmdline into ``OUT.proc``
+    now (processes are gone by the time the test looks)."""
+    files: list[str] = []
+    for root in roots:
+        for top, _dirs, names in os.walk(root, onerror=lambda _e: None):
+            for name in names:
+                path = os.path.join(top, name)
+                if len(files) < MAX_FILES and os.path.isfile(path) and not os.path.islink(path) \
+                        and os.access(path, os.R_OK):
+                    files.append(path)
+    with open(out + ".proc", "wb") as proc:
+        for pid in os.listdir("/proc"):
+            for what in ("environ", "cmdline"):
+                try:
+                    with open(f"/proc/{pid}/{what}", "rb") as fh:
+                        proc.write(fh.read() + b"\n")
+                except OSError:
+                    continue
+    with open(out + ".tmp", "w") as fh:
+        json.dump(files, fh)
+    os.replace(out + ".tmp", out)
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0]
     env = os.environ
@@ -122,6 +151,8 @@ def main(argv: list[str]) -> int:
         for _ in range(int(argv[1])):
             print("upstream-job", sampler.run([isa], shots=20000).job_id(), flush=True)
         time.sleep(3600)
+    elif cmd == "readable":  # readable OUT ROOT...: what this user can read, for the test to scan
+        readable(argv[1], argv[2:])
     else:
         print(f"unknown command {cmd}", file=sys.stderr)
         return 2
