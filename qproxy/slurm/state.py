@@ -48,6 +48,7 @@ class JobState:
     summary = property(lambda self: self.root / "summary.json")
     proxy_log = property(lambda self: self.root / "proxy.log")
     status = property(lambda self: self.root / STATUS_FILE)
+    metrics = property(lambda self: self.root / "metrics.prom")  # the proxy's, see serve.py
 
     def create(self) -> None:
         ensure_private_dir(self.root.parent)
