@@ -92,6 +92,7 @@ def _device(emulator: Any, status: str) -> None:
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.timeout(900)  # the shared emulator's warm-up plus two ~3 s jobs, on a busy node
 def test_qrun_progress_leaves_the_output_alone(proxy_factory: Any, client_env: Any,
                                                emulator: Any, tmp_path: Path) -> None:
     """With and without progress, stdout is empty and OUTPUT is byte for byte the client's
@@ -99,7 +100,9 @@ def test_qrun_progress_leaves_the_output_alone(proxy_factory: Any, client_env: A
     submitted, queued with the device's queue position, running and done; without the flag a
     non-terminal stderr gets no progress at all."""
     from qiskit import QuantumCircuit
+    from qiskit.transpiler import generate_preset_pass_manager
     from qiskit_ibm_runtime import QiskitRuntimeService
+    from qiskit_ibm_runtime.fake_provider import FakeFez
     from qiskit_ibm_runtime.utils.json import RuntimeEncoder
 
     p = proxy_factory("6002")
@@ -108,7 +111,9 @@ def test_qrun_progress_leaves_the_output_alone(proxy_factory: Any, client_env: A
     for q in range(11):
         qc.cx(q, q + 1)
     qc.measure_all()
-    payload = write_payload(tmp_path / "ghz.json", [qc], "sample", shots=1000)
+    isa = generate_preset_pass_manager(optimization_level=1, backend=FakeFez()).run(qc)
+    payload = write_payload(tmp_path / "ghz.json", [isa], "sample", shots=1000,
+                            transpile=False)  # once here, not in each qrun
     client_env(p)
     service = QiskitRuntimeService()
 

@@ -100,3 +100,13 @@ def test_endpoint_labels_are_bounded() -> None:
     assert endpoint("/jobs/d4f00") == "jobs"
     assert endpoint("/backends/fake_fez/status") == "backends/status"
     assert endpoint("/") == "/"
+
+
+def test_listen_only_on_loopback(tmp_path: Path) -> None:
+    conf = _config(tmp_path)
+    for bad in ("0.0.0.0:9817", "10.1.2.3:9817", "127.0.0.1:x"):
+        r = subprocess.run([sys.executable, "-m", "qproxy", "metrics", "--config",
+                            str(tmp_path / "q.toml"), "--listen", bad],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "loopback" in r.stderr
+    assert conf.state_dir  # the config the command read is a valid one
