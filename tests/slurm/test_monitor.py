@@ -74,6 +74,11 @@ def test_offline_device_holds_new_jobs_only(qpu_cluster: Cluster,
             "scontrol", "show", "job", new.id).stdout)  # type: ignore[union-attr]
         shown = c.as_user("scontrol", "show", "job", new.id).stdout
         assert "unavailable since" in shown and "qproxy monitor" in shown
+        # writing the note is a job update, after which slurmctld shows Reason=None until its
+        # next scheduling pass sets Licenses again (at most sched_interval, 60 s by default)
+        t0 = time.monotonic()
+        c.wait_state(new.id, {"PENDING"}, timeout=90, reason="Licenses")
+        print(f"Reason=Licenses again {time.monotonic() - t0:.1f} s after the note")
         assert "(Licenses)" in c.as_user("squeue", "-j", new.id).stdout
         time.sleep(3)  # a few polls: still held, the running job still running
         assert c.show_job(new.id)["JobState"] == "PENDING"
