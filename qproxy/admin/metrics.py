@@ -34,8 +34,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from qproxy import config as cfg
 from qproxy.files import atomic_write
 from qproxy.proxy.process import alive
+from qproxy.records import METRICS_FILE
 
-LIVE_FILE = "metrics.prom"  # in each job's state dir, written by its proxy
+LIVE_FILE = METRICS_FILE  # in each job's state dir, written by its proxy
 RETIRED_FILE = "metrics-retired.prom"
 LOCK_FILE = "metrics.lock"
 # Gauges that describe the present: taken from live proxies only, 0 for an idle resource.

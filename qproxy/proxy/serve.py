@@ -28,7 +28,7 @@ from qproxy.proxy.audit import AuditLog, load_key
 from qproxy.proxy.auth import new_job_token
 from qproxy.proxy.cleanup import read_ledger, read_usage
 from qproxy.proxy.relayauth import RelayListener, add_args, open_listener
-from qproxy.records import STATUS_FILE, JobSummary
+from qproxy.records import METRICS_FILE, STATUS_FILE, JobSummary
 from qproxy.secrets import SecretsError, get_secret
 
 if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (see main)
@@ -152,7 +152,7 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
 
 
 def metrics_path(args: argparse.Namespace) -> Path:
-    return Path(args.metrics_file or args.env_file.parent / "metrics.prom")
+    return Path(args.metrics_file or args.env_file.parent / METRICS_FILE)
 
 
 async def write_metrics(ctx: JobContext, path: Path) -> None:
