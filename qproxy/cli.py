@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("qproxy.admin.doctor", "check this node's config, secrets and SPANK plugin build"),
     "status": ("qproxy.admin.status", "this node's proxies, leases, devices and problems"),
     "usage": ("qproxy.admin.usage", "QPU usage per user/account/resource/day (table, CSV, plot)"),
+    "metrics": ("qproxy.admin.metrics", "this node's proxies' metrics (Prometheus text format)"),
+    "monitor": ("qproxy.slurm.monitor", "hold new QPU jobs in Slurm while their device is down"),
     "hook": ("qproxy.slurm.hookcli", "Slurm hook entry points (prolog, task-env, epilog, reap)"),
 }
 

@@ -121,6 +121,9 @@ class ProxySettings:
     start_timeout_seconds: float = field(default=20.0, metadata=_POSITIVE)
     # How often the proxy polls upstream for the status of this job's active jobs (lanes).
     status_poll_seconds: float = field(default=1.0, metadata=_POSITIVE)
+    # How often the proxy rewrites its metrics file ({state_dir}/<job>/metrics.prom, root
+    # 0600; merged by `qproxy metrics`), and once more at shutdown. 0 = only at shutdown.
+    metrics_seconds: float = field(default=5.0, metadata=_NOT_NEGATIVE)
     # Idle proxies each node keeps started ahead of its next QPU job (0 = none): the job's
     # proxy then serves ~200 ms sooner (see qproxy/spare.py). Each costs ~50 MB while idle.
     spares: int = field(default=1, metadata=_NOT_NEGATIVE)

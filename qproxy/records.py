@@ -174,6 +174,8 @@ class UsageRecord:
 
 
 STATUS_FILE = "status.json"  # next to record.json in the job's state dir
+# the proxy's Prometheus text file, beside it (qproxy/proxy/metrics.py, qproxy/admin/metrics.py)
+METRICS_FILE = "metrics.prom"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ Uses only the QISKIT_IBM_* environment Slurm put in the task (so it goes through
 proxy). Backend: the payload's ``backend``, else $QPU_BACKEND, else the only one the service
 lists. Writes the PrimitiveResult (RuntimeEncoder JSON) atomically, so OUTPUT exists only on
 success; any failure is one line on stderr and a non-zero exit.
+
+Progress (queued / running / done, queue position, elapsed time) goes to stderr when stderr
+is a terminal, or with ``--progress``; ``--no-progress`` silences it. Not by default in batch
+jobs: their stderr is the job's output file, which should only get what the user asked for.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def _isa(pubs: list[Any], backend: Any, kind: str) -> list[Any]:
     return out
 
 
-def run(kind: str, payload: Path, output: Path) -> None:
+def run(kind: str, payload: Path, output: Path, progress: bool = False) -> None:
     try:
         doc = read_payload(payload)
     except (OSError, ValueError) as exc:
@@ -103,7 +107,12 @@ def run(kind: str, payload: Path, output: Path) -> None:
             job = EstimatorV2(mode=backend, options=options).run(
                 pubs, precision=doc.get("precision")
             )
-        result = job.result()
+        if progress:
+            from qproxy.client.progress import Progress, wait
+
+            result = wait(job, Progress(sys.stderr, live=sys.stderr.isatty()))
+        else:
+            result = job.result()
     except Exception as exc:  # noqa: BLE001
         raise QrunError(f"{kind} failed: {_short(exc)}") from None
     atomic_write(output, json.dumps(result, cls=RuntimeEncoder).encode())
@@ -114,11 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("payload", type=Path)
     parser.add_argument("output", type=Path)
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true", default=None,
+                       help="show progress on stderr (default: only when it is a terminal)")
+    shown.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     warnings.simplefilter("ignore")
     logging.getLogger("qiskit_ibm_runtime").setLevel(logging.CRITICAL)
     try:
-        run(args.kind, args.payload, args.output)
+        run(args.kind, args.payload, args.output, progress)
     except QrunError as exc:
         print(f"qrun: error: {exc}", file=sys.stderr)
         return 1

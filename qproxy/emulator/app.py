@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..runtime_api import API_PREFIXES, IAM_TOKEN_PATH
+from . import admin
 from .auth import Authenticator, auth_middleware
 from .backends import Device
 from .errors import ApiError, error_response
@@ -73,6 +74,7 @@ def create_app(
     app[INSTANCE] = instance
     app.router.add_post(IAM_TOKEN_PATH, auth.token_handler)
     app.router.add_get("/health", health)
+    admin.add_routes(app, auth)
     for prefix in API_PREFIXES:
         for method, path, handler in ROUTES:
             app.router.add_route(method, prefix + path, handler)

@@ -47,6 +47,10 @@ class Device:
     name: str
     fake_name: str
     lanes: int = 1
+    # The device's availability as its status endpoints report it, set by the admin endpoint
+    # (qproxy/emulator/admin.py): "online", "paused" or "offline", and why.
+    availability: str = "online"
+    availability_message: str = "available"
     _fake: Any = field(default=None, repr=False)
     _noise: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -150,7 +154,7 @@ class Device:
         proc = self.configuration.get("processor_type") or {}
         return {
             "name": self.name,
-            "status": {"name": "online", "reason": "available"},
+            "status": {"name": self.availability, "reason": self.availability_message},
             "is_simulator": False,
             "qubits": self.num_qubits,
             "queue_length": queue_length,
@@ -165,9 +169,9 @@ class Device:
         """``GET /backends/{name}/status`` (the client maps state/status/length_queue)."""
         return {
             "backend_name": self.name,
-            "state": True,
-            "status": "active",
-            "message": "available",
+            "state": self.availability == "online",
+            "status": "active" if self.availability == "online" else self.availability,
+            "message": self.availability_message,
             "length_queue": queue_length,
             "backend_version": self.backend_version,
         }

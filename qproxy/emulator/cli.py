@@ -133,6 +133,10 @@ async def _serve(args: argparse.Namespace, devices: dict[str, Device], keys: lis
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["device"]:  # the admin client: take a device offline and back
+        from .admin import main as device_main
+
+        return device_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,

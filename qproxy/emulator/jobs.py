@@ -316,6 +316,13 @@ class Scheduler:
     def queue_length(self, backend: str) -> int:
         return sum(1 for j in self.jobs.values() if j.backend == backend and j.state == QUEUED)
 
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job the device takes (FIFO), None once it is not Queued."""
+        if job.state != QUEUED:
+            return None
+        return 1 + sum(1 for j in self.jobs.values() if j.backend == job.backend
+                       and j.state == QUEUED and j.created < job.created)
+
     def device(self, name: str | None) -> Device:
         if not name:
             raise ApiError(400, "'backend' is required.", 1400)
@@ -404,6 +411,10 @@ class Scheduler:
             if warming is not None and not warming.done():
                 await asyncio.wait([warming])
             job = await queue.get()
+            # a paused or offline device (admin.py) keeps its jobs Queued, as IBM's paused
+            # devices do, until it is back; a cancel still ends them meanwhile
+            while device.availability != "online" and not job.final:
+                await asyncio.sleep(0.2)
             if job.final:
                 continue
             job.state = RUNNING

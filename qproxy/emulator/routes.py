@@ -211,8 +211,13 @@ async def job_logs(request: web.Request) -> web.Response:
 
 
 async def job_metrics(request: web.Request) -> web.Response:
-    job = _sched(request).get(request.match_info["job_id"])
-    return web.json_response(job.metrics())
+    sched = _sched(request)
+    job = sched.get(request.match_info["job_id"])
+    doc = job.metrics()
+    position = sched.queue_position(job)
+    if position is not None:  # IBM's metrics carry it while a job waits (qrun shows it)
+        doc["position_in_queue"] = position
+    return web.json_response(doc)
 
 
 async def job_tags(request: web.Request) -> web.Response:

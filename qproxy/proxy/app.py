@@ -105,6 +105,7 @@ async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse
         status = 499
         raise
     finally:
+        ctx.metrics.request(status, bool(request.get("authenticated")))
         if not request.get("authenticated"):
             # anyone on the node can send these: counted, summarised, never one record each
             ctx.unauth.count(status, request.method, request.path)

@@ -12,6 +12,7 @@ from qproxy.proxy.audit import AuditLog
 from qproxy.proxy.auth import JobAuth
 from qproxy.proxy.cleanup import Ledger
 from qproxy.proxy.connlimit import ConnGuard
+from qproxy.proxy.metrics import ProxyMetrics
 from qproxy.proxy.policy.backend import BackendPolicy
 from qproxy.proxy.policy.inflight import InflightBudget
 from qproxy.proxy.policy.isolation import Ownership
@@ -44,6 +45,7 @@ class JobContext:
     inflight: InflightBudget
     usage: UsageBook
     sessions: SessionPolicy
+    metrics: ProxyMetrics
     stats: dict[str, Any] = field(
         default_factory=lambda: {"requests": 0, "bytes_in": 0, "bytes_out": 0}
     )

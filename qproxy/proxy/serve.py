@@ -28,7 +28,7 @@ from qproxy.proxy.audit import AuditLog, load_key
 from qproxy.proxy.auth import new_job_token
 from qproxy.proxy.cleanup import read_ledger, read_usage
 from qproxy.proxy.relayauth import RelayListener, add_args, open_listener
-from qproxy.records import STATUS_FILE, JobSummary
+from qproxy.records import METRICS_FILE, STATUS_FILE, JobSummary
 from qproxy.secrets import SecretsError, get_secret
 
 if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (see main)
@@ -53,6 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--audit-log", type=Path)
     p.add_argument("--ledger-file", type=Path)
     p.add_argument("--summary-file", type=Path)
+    p.add_argument("--metrics-file", type=Path, help="default: metrics.prom beside the env file")
     add_args(p)  # a multi-node job's primary: --relay-listen, --relay-ports
     return p.parse_args(argv)
 
@@ -101,6 +102,7 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
     from qproxy.proxy.auth import JobAuth
     from qproxy.proxy.cleanup import Ledger
     from qproxy.proxy.context import JobContext
+    from qproxy.proxy.metrics import ProxyMetrics, TimedUpstream
     from qproxy.proxy.policy.backend import BackendPolicy
     from qproxy.proxy.policy.inflight import InflightBudget
     from qproxy.proxy.policy.isolation import Ownership
@@ -118,9 +120,13 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
         owned.add_job(j, "unknown")
     for s in prep.sessions:
         owned.add_session(s)
-    client = connect(prep.upstream, prep.api_key)
+    lanes = LaneGate(prep.lanes, conf.proxy.lanes_mode, conf.proxy.lanes_wait_seconds)
+    metrics = ProxyMetrics(prep.resource.name, lanes)
+    client = TimedUpstream(connect(prep.upstream, prep.api_key), metrics)
     ledger = Ledger(prep.ledger_path)
     px = conf.proxy
+    usage = UsageBook(client, ledger, prep.booked)
+    usage.on_booked = metrics.booked
     return JobContext(
         config=conf,
         job_id=args.job_id,
@@ -131,7 +137,7 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
         auth=JobAuth(token, args.job_id, conf.proxy.token_ttl_seconds),
         client=client,
         backend=BackendPolicy(prep.resource.name, prep.resource.backend),
-        lanes=LaneGate(prep.lanes, conf.proxy.lanes_mode, conf.proxy.lanes_wait_seconds),
+        lanes=lanes,
         timelimit=TimeLimit(args.end_time),
         owned=owned,
         ledger=ledger,
@@ -139,9 +145,29 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
         tags=enforced_tags(args.job_id, args.user, args.account),
         unauth=UnauthGate(px.unauth_rate, px.unauth_burst, px.unauth_summary_seconds),
         inflight=InflightBudget(px.inflight_bytes),
-        usage=UsageBook(client, ledger, prep.booked),
+        usage=usage,
         sessions=SessionPolicy(prep.lanes, prep.resource.dedicated_sessions),
+        metrics=metrics,
     )
+
+
+def metrics_path(args: argparse.Namespace) -> Path:
+    return Path(args.metrics_file or args.env_file.parent / METRICS_FILE)
+
+
+async def write_metrics(ctx: JobContext, path: Path) -> None:
+    """The metrics file, now and every metrics_seconds (qproxy/proxy/metrics.py)."""
+    import asyncio
+
+    every = ctx.config.proxy.metrics_seconds
+    while True:
+        try:
+            ctx.metrics.write(path)
+        except OSError as exc:  # a full or read-only state dir: the job goes on
+            log.warning("job %s: metrics not written: %s", ctx.job_id, exc)
+        if every <= 0:
+            return
+        await asyncio.sleep(every)
 
 
 async def poll_status(ctx: JobContext) -> None:
@@ -312,6 +338,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     poller = asyncio.create_task(poll_status(ctx))
     status = asyncio.create_task(statusfile.keep_written(
         ctx, args.env_file.parent / STATUS_FILE, os.getpid(), sock.getsockname()[1]))
+    metrics_writer = asyncio.create_task(write_metrics(ctx, metrics_path(args)))
     if after_start is not None:  # right away: a job may end within a fraction of a second,
         loop.call_soon(after_start)  # and its first request comes ~0.1 s after this anyway
 
@@ -321,6 +348,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     poller.cancel()
     warm.cancel()
     status.cancel()
+    metrics_writer.cancel()
     seen = list(ctx.owned.jobs)
     try:
         await asyncio.wait_for(ctx.usage.drain(), CLEANUP_TIMEOUT / 4)
@@ -354,6 +382,11 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
             pass
     await ctx.client.close()
     flush_unauthenticated(ctx)
+    ctx.metrics.book_total(float(result.get("quantum_seconds") or 0.0))
+    try:  # the final figures; the epilog folds them into the node's totals
+        ctx.metrics.write(metrics_path(args))
+    except OSError as exc:
+        log.warning("job %s: metrics not written: %s", ctx.job_id, exc)
     finish(args, ctx.audit, ctx.resource.name, result, ctx.stats)
     return 0
 

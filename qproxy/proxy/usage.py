@@ -12,6 +12,7 @@ uses the booked figure for such a job, so no action of the job's lowers it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qproxy.runtime_api import is_final, job_status
@@ -35,6 +36,7 @@ class UsageBook:
         self.ledger = ledger
         self.booked = dict(booked)
         self._pending: dict[str, asyncio.Task[float | None]] = {}
+        self.on_booked: Callable[[float], None] | None = None  # the metrics' QPU seconds
 
     def final_seen(self, job_id: str) -> None:
         """A job turned final: book it in the background (once)."""
@@ -68,6 +70,8 @@ class UsageBook:
             return None
         self.booked[job_id] = seconds
         self.ledger.append("usage", job_id, quantum_seconds=seconds)
+        if self.on_booked is not None:
+            self.on_booked(seconds)
         return seconds
 
     async def drain(self) -> None:

@@ -124,5 +124,12 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
             os.replace(job.proxy_log, config.audit_dir / f"{stem}.proxy.log")
     except OSError:
         log.exception("job %s: keeping the proxy log failed", job_id)
+    if job.metrics.exists():  # the node's totals keep the ended proxy's
+        try:
+            from qproxy.admin.metrics import fold
+
+            fold(config.state_dir, job.root)
+        except Exception:
+            log.exception("job %s: folding its metrics failed", job_id)
     job.remove()
     return usage

@@ -399,6 +399,52 @@ def book_admin_comment(job_id: str, text: str, timeout: float, log_path: str) ->
 INHERITED_EXPORT_VARS = ("SLURM_EXPORT_ENV", "SLURM_GET_USER_ENV")
 
 
+# ------------------------------------------------------------------------------ reservations
+# The device monitor (qproxy/slurm/monitor.py) holds a down device's licences in a
+# reservation: `Flags=LICENSE_ONLY` (22.05 shows it as ANY_NODES) reserves licences and no
+# node, and may be created while jobs hold some of them -- those keep running (checked on
+# 22.05.8). New jobs asking for the licence then wait with Reason=Licenses until it is deleted.
+def reservations() -> dict[str, dict[str, str]]:
+    """``scontrol -o show reservation``: name -> its ``key=value`` fields."""
+    out = _run(["scontrol", "-o", "show", "reservation"])
+    if out.returncode != 0:
+        raise SlurmError(f"scontrol show reservation: {out.stderr.strip()[:300]}")
+    found = {}
+    for line in out.stdout.splitlines():
+        fields = dict(re.findall(r"(\S+?)=(\S*)", line))
+        if fields.get("ReservationName"):
+            found[fields["ReservationName"]] = fields
+    return found
+
+
+def create_licence_reservation(name: str, licences: dict[str, int]) -> None:
+    spec = ",".join(f"{k}:{v}" for k, v in sorted(licences.items()))
+    out = _run(["scontrol", "create", "reservation", f"ReservationName={name}",
+                "StartTime=now", "Duration=infinite", "Users=root", f"Licenses={spec}",
+                "Flags=LICENSE_ONLY"])
+    if out.returncode != 0:
+        raise SlurmError(f"scontrol create reservation {name}: "
+                         f"{(out.stderr or out.stdout).strip()[:300]}")
+
+
+def delete_reservation(name: str) -> None:
+    out = _run(["scontrol", "delete", f"reservation={name}"])
+    if out.returncode != 0 and "not found" not in out.stderr.lower():
+        raise SlurmError(f"scontrol delete reservation {name}: {out.stderr.strip()[:300]}")
+
+
+def licence_total(name: str) -> int | None:
+    """The cluster's count of licence ``name``; None when Slurm has no such licence."""
+    out = _run(["scontrol", "-o", "show", "licenses", name])
+    m = re.search(r"Total=(\d+)", out.stdout)
+    return int(m.group(1)) if out.returncode == 0 and m else None
+
+
+def pending_jobs() -> list[JobRecord]:
+    return [r for r in (record_from_json(j, "squeue") for j in squeue_json())
+            if r.state in PENDING_STATES]
+
+
 def submit_env() -> dict[str, str]:
     """The caller's environment, which the primitive job needs as is (PATH, Python, the
     QPROXY_* settings), without the inherited export settings above."""
@@ -470,9 +516,7 @@ class Slurm:
                          source="sacct")
 
     def license_total(self, name: str) -> int | None:
-        out = _run(["scontrol", "-o", "show", "licenses", name])
-        m = re.search(r"Total=(\d+)", out.stdout)
-        return int(m.group(1)) if out.returncode == 0 and m else None
+        return licence_total(name)
 
     def gres_qpu_total(self, partition: str | None = None) -> int:
         """qpu GRES over the nodes (of the partition) — the most any one job could hold."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qproxy.config import Config
 from qproxy.files import atomic_write
-from qproxy.records import STATUS_FILE, ProxyRecord, ProxyStatus
+from qproxy.records import METRICS_FILE, STATUS_FILE, ProxyRecord, ProxyStatus
 
 log = logging.getLogger("qproxy.slurm")
 
@@ -48,6 +48,7 @@ class JobState:
     summary = property(lambda self: self.root / "summary.json")
     proxy_log = property(lambda self: self.root / "proxy.log")
     status = property(lambda self: self.root / STATUS_FILE)
+    metrics = property(lambda self: self.root / METRICS_FILE)
 
     def create(self) -> None:
         ensure_private_dir(self.root.parent)

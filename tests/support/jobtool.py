@@ -130,6 +130,14 @@ def main(argv: list[str]) -> int:
         hdr = {"Authorization": f"Bearer {token}", "Service-CRN": env["QISKIT_IBM_INSTANCE"]}
         url = env["QISKIT_IBM_URL"].rstrip("/") + f"/jobs/{job.job_id()}"
         print("delete", _request("DELETE", url, None, hdr)[0], job.job_id(), flush=True)
+    elif cmd == "requests":  # requests N: the IAM exchange, N backend lists, one refusal
+        code, token = iam(env["IAM_URL"], env["QISKIT_IBM_TOKEN"])
+        hdr = {"Authorization": f"Bearer {token}", "Service-CRN": env["QISKIT_IBM_INSTANCE"]}
+        base = env["QISKIT_IBM_URL"].rstrip("/")
+        codes = [code] + [_request("GET", base + "/backends", None, hdr)[0]
+                          for _ in range(int(argv[1]))]
+        codes.append(_request("GET", base + "/backends/not_ours/configuration", None, hdr)[0])
+        print("codes", *codes)
     elif cmd == "busy":  # busy N: submit N long sampler jobs, print their ids, then wait
         from qiskit import QuantumCircuit
         from qiskit.transpiler import generate_preset_pass_manager

@@ -210,7 +210,13 @@ async def create_job(request: web.Request) -> web.StreamResponse:
     memory (its body waits in the kernel), so N lanes bound the bodies being read to N."""
     ctx = ctx_of(request)
     ctx.timelimit.check_new_work("job")
-    waited = await ctx.lanes.reserve()
+    try:
+        waited = await ctx.lanes.reserve()
+    except PolicyError:  # waited its bound (or refused at once) for a lane
+        ctx.metrics.lane_wait.observe(ctx.lanes.wait_seconds if ctx.lanes.mode == "wait"
+                                      else 0.0)
+        raise
+    ctx.metrics.lane_wait.observe(waited)
     try:
         async with body_budget(request):
             return await _create_job(request, ctx, waited)
@@ -264,6 +270,7 @@ async def _submit(
         await ctx.lanes.cancel_reservation()
         return status, doc, raw
     ctx.ledger.append("job", job_id)
+    ctx.metrics.upstream_jobs.inc()
     ctx.owned.add_job(job_id)
     await ctx.lanes.commit(job_id)
     if body.get("start_session"):

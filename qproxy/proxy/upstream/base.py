@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -14,6 +15,16 @@ import aiohttp
 
 class UpstreamError(RuntimeError):
     """The upstream could not be reached or refused our credentials."""
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """A device's availability as its vendor reports it, in the vendor's own words."""
+
+    online: bool
+    status: str  # e.g. "active", "paused", "offline"
+    message: str = ""
+    queue_length: int | None = None
 
 
 class Upstream(Protocol):
@@ -33,6 +44,11 @@ class Upstream(Protocol):
 
     async def token(self, force: bool = False) -> str:
         """The vendor access token (exchanged and refreshed by the client)."""
+        ...
+
+    async def device_status(self, backend: str) -> DeviceStatus:
+        """The device's availability (the device monitor, qproxy/slurm/monitor.py); raises
+        UpstreamError when it cannot be asked."""
         ...
 
     async def close(self) -> None:

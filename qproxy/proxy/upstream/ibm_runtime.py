@@ -21,12 +21,15 @@ import orjson
 
 from qproxy.config import UpstreamSettings
 from qproxy.proxy.upstream import jsonx
-from qproxy.proxy.upstream.base import Upstream, UpstreamError
+from qproxy.proxy.upstream.base import DeviceStatus, Upstream, UpstreamError
 from qproxy.proxy.upstream.guard import OwnerCheckedConnector, UntrustedListener
 
 __all__ = ["IBMRuntimeUpstream", "UpstreamError"]
 
 REFRESH_MARGIN = 60.0
+# `GET /backends/{name}/status` words that mean "takes no work now" even where `state` is
+# missing (IBM: "active" when online; "paused"/"maintenance"/"internal" otherwise)
+DOWN_STATUSES = frozenset({"paused", "offline", "maintenance", "internal", "unavailable"})
 
 
 class IBMRuntimeUpstream:
@@ -161,6 +164,19 @@ class IBMRuntimeUpstream:
         except (ValueError, UnicodeDecodeError):
             doc = None
         return status, doc, raw
+
+    async def device_status(self, backend: str) -> DeviceStatus:
+        """``GET /backends/{name}/status``: ``{"state": bool, "status", "message",
+        "length_queue"}`` (what qiskit-ibm-runtime maps to BackendStatus)."""
+        code, doc, _ = await self.call("GET", f"/backends/{backend}/status")
+        if code != 200 or not isinstance(doc, dict):
+            raise UpstreamError(f"status of {backend}: HTTP {code}")
+        status = str(doc.get("status") or "")[:40]
+        online = doc.get("state") is not False and status.lower() not in DOWN_STATUSES
+        queue = doc.get("length_queue")
+        return DeviceStatus(online, status or ("active" if online else "unknown"),
+                            str(doc.get("message") or "")[:200],
+                            queue if isinstance(queue, int) else None)
 
 
 if TYPE_CHECKING:  # mypy: this class is an Upstream (base.py)

@@ -1,0 +1,243 @@
+"""`qproxy metrics`: this node's QPU proxies' metrics, merged per resource, in Prometheus'
+text format -- on stdout, into node_exporter's textfile collector directory
+(``--textfile DIR/qproxy.prom``), or served on a loopback port (``--listen 127.0.0.1:9817``).
+
+Each job's proxy writes its own figures to ``{state_dir}/<job>/metrics.prom`` (root-only,
+qproxy/proxy/metrics.py). Here they are summed per resource: counters and histograms over
+every proxy this node has run (the epilog folds an ended proxy's final figures into
+``{state_dir}/metrics-retired.prom``, so totals never go down when a job ends), gauges over
+the live proxies only; ``qproxy_proxies_alive`` counts those. The output names no job and no
+user, so it may be world-readable (node_exporter runs as its own user).
+
+Folding and reading hold ``{state_dir}/metrics.lock`` (exclusive / shared), so a scrape never
+sees an ended proxy's figures twice or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import ipaddress
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from qproxy import config as cfg
+from qproxy.files import atomic_write
+from qproxy.proxy.process import alive
+from qproxy.records import METRICS_FILE
+
+LIVE_FILE = METRICS_FILE  # in each job's state dir, written by its proxy
+RETIRED_FILE = "metrics-retired.prom"
+LOCK_FILE = "metrics.lock"
+# Gauges that describe the present: taken from live proxies only, 0 for an idle resource.
+PRESENT = {"qproxy_lanes_allocated": "QPU lanes the running Slurm jobs hold",
+           "qproxy_lanes_busy": "lanes with an upstream job queued or running (or being "
+                                "submitted)",
+           "qproxy_proxies_alive": "job proxies running on this node"}
+
+
+@contextmanager
+def _locked(state_dir: Path, exclusive: bool) -> Iterator[None]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _order(item: tuple[tuple[str, tuple[tuple[str, str], ...]], float]) -> tuple[Any, ...]:
+    """Each label set together, its buckets in increasing numeric ``le`` (the exposition
+    format requires it; sorting ``le`` as text would put "+Inf" first), then _count, _sum."""
+    (sample, labels), _ = item
+    le = dict(labels).get("le")
+    rest = tuple(kv for kv in labels if kv[0] != "le")
+    return (rest, 0 if le is not None else 1, float(le) if le is not None else 0.0, sample)
+
+
+class Merged:
+    """Samples summed by (family, sample name, labels), families kept in first-seen order."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, Metric] = {}
+        self.values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+
+    def add(self, text: str, gauges: bool = True) -> None:
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError:  # a torn or foreign file: skip it rather than fail the scrape
+            return
+        for fam in parsed:
+            if fam.type == "gauge" and not gauges:
+                continue
+            self.families.setdefault(fam.name, Metric(fam.name, fam.documentation, fam.type))
+            values = self.values.setdefault(fam.name, {})
+            for s in fam.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                values[key] = values.get(key, 0.0) + s.value
+
+    def set_gauge(self, name: str, labels: dict[str, str], value: float) -> None:
+        self.families.setdefault(name, Metric(name, PRESENT.get(name, ""), "gauge"))
+        values = self.values.setdefault(name, {})
+        key = (name, tuple(sorted(labels.items())))
+        values[key] = values.get(key, 0.0) + value
+
+    def metrics(self, kinds: Iterable[str] | None = None) -> list[Metric]:
+        out = []
+        for name, fam in self.families.items():
+            if kinds is not None and fam.type not in kinds:
+                continue
+            m = Metric(fam.name, fam.documentation, fam.type)
+            for (sample, labels), value in sorted(self.values[name].items(), key=_order):
+                m.add_sample(sample, dict(labels), value)
+            out.append(m)
+        return out
+
+    def text(self, kinds: Iterable[str] | None = None) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        metrics = self.metrics(kinds)
+
+        class _Fixed:
+            def collect(self) -> list[Metric]:
+                return metrics
+
+        registry.register(_Fixed())
+        return generate_latest(registry)
+
+
+def fold(state_dir: Path, job_dir: Path) -> bool:
+    """An ended proxy's final counters and histograms into the node's retired totals, and its
+    file removed, in one locked step (the epilog, before it removes the job's directory)."""
+    live = job_dir / LIVE_FILE
+    if not live.exists():
+        return False
+    with _locked(state_dir, exclusive=True):
+        merged = Merged()
+        merged.add(_read(state_dir / RETIRED_FILE), gauges=False)
+        merged.add(_read(live), gauges=False)
+        atomic_write(state_dir / RETIRED_FILE, merged.text(("counter", "histogram")),
+                     fsync=False)
+        live.unlink(missing_ok=True)
+    return True
+
+
+def _proxy_pid(job_dir: Path) -> tuple[int, str] | None:
+    try:
+        doc = json.loads((job_dir / "record.json").read_text())
+        return int(doc["pid"]), str(doc.get("resource") or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def collect(conf: cfg.Config) -> Merged:
+    """The node's merged metrics (see the module's docstring)."""
+    merged = Merged()
+    state = conf.state_dir
+    for name in sorted(conf.resources):  # an idle resource shows 0, not nothing
+        for gauge in PRESENT:
+            merged.set_gauge(gauge, {"resource": name}, 0.0)
+    with _locked(state, exclusive=False):
+        merged.add(_read(state / RETIRED_FILE), gauges=False)
+        try:
+            dirs = sorted(p for p in state.iterdir() if p.name.isdigit() and p.is_dir())
+        except OSError:
+            dirs = []
+        for job_dir in dirs:
+            text = _read(job_dir / LIVE_FILE)
+            if not text:
+                continue
+            rec = _proxy_pid(job_dir)
+            running = rec is not None and alive(rec[0])
+            merged.add(text, gauges=running)  # a dead proxy's gauges describe nothing
+            if running and rec is not None and rec[1]:
+                merged.set_gauge("qproxy_proxies_alive", {"resource": rec[1]}, 1.0)
+    return merged
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _serve(conf: cfg.Config, listen: str) -> int:
+    from http.server import ThreadingHTTPServer
+
+    from prometheus_client.exposition import MetricsHandler
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not _loopback(host) or not port.isdigit():
+        print(f"qproxy metrics: --listen needs a loopback HOST:PORT, got {listen!r} (put a "
+              "scraper on the node, or use --textfile with node_exporter)", file=sys.stderr)
+        return 2
+
+    class _Live:
+        def collect(self) -> list[Metric]:
+            return collect(conf).metrics()
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Live())
+    handler = MetricsHandler.factory(registry)
+    try:
+        server = ThreadingHTTPServer((host, int(port)), handler)
+    except OSError as exc:
+        print(f"qproxy metrics: cannot listen on {listen}: {exc}", file=sys.stderr)
+        return 1
+    print(f"qproxy metrics: serving http://{listen}/metrics", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="qproxy metrics", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(cfg.DEFAULT_CONFIG_PATH))
+    p.add_argument("--textfile", type=Path,
+                   help="write here atomically (mode 0644), e.g. "
+                   "/var/lib/prometheus/node-exporter/qproxy.prom")
+    p.add_argument("--every", type=float, default=0.0,
+                   help="with --textfile: rewrite it every this many seconds (0: once)")
+    p.add_argument("--listen", help="serve /metrics on this loopback HOST:PORT instead")
+    args = p.parse_args(argv)
+    try:
+        conf = cfg.load(args.config)
+    except cfg.ConfigError as exc:
+        print(f"qproxy metrics: {exc}", file=sys.stderr)
+        return 2
+    if args.listen:
+        return _serve(conf, args.listen)
+    while True:
+        text = collect(conf).text()
+        if args.textfile is None:
+            sys.stdout.buffer.write(text)
+            return 0
+        try:
+            atomic_write(args.textfile, text, 0o644, fsync=False)
+        except OSError as exc:
+            print(f"qproxy metrics: cannot write {args.textfile}: {exc}", file=sys.stderr)
+            return 1
+        if args.every <= 0:
+            return 0
+        time.sleep(args.every)

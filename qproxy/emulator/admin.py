@@ -1,0 +1,116 @@
+"""The emulator's admin endpoint: take a device offline (or pause it) and back, so that the
+device monitor (``qproxy monitor``) can be tested against a real status change.
+
+``PUT /admin/backends/{name}/status`` with ``{"status": "online"|"paused"|"offline",
+"message": "..."}`` and ``GET`` of the same path. Only ``Authorization: apikey KEY`` with one
+of the emulator's own keys is accepted -- not a bearer token, which every proxy holds -- so it
+is as root-only as the key file (and no proxy forwards ``/admin``: it is outside the Runtime
+API prefixes the proxies serve). The change shows in ``GET /backends`` and
+``GET /backends/{name}/status``; jobs are still accepted but stay Queued until the device is
+online again (what IBM's service does with a paused device's jobs).
+
+``qproxy emulator device NAME STATUS [--message M] --url URL --api-key-file F`` is the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .auth import Authenticator
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .backends import Device
+
+STATES = ("online", "paused", "offline")
+ADMIN_PATH = "/admin/backends/{name}/status"
+AUTH = web.AppKey("admin_auth", Authenticator)
+
+
+def _check_key(request: web.Request) -> None:
+    scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "apikey" or not value or not request.app[AUTH].key_ok(value.strip()):
+        raise ApiError(401, "The admin endpoint needs 'Authorization: apikey KEY' with the "
+                       "emulator's key.", 401)
+
+
+def _doc(device: Device) -> dict[str, str]:
+    return {"backend": device.name, "status": device.availability,
+            "message": device.availability_message}
+
+
+async def get_status(request: web.Request) -> web.Response:
+    from .routes import SCHEDULER
+
+    _check_key(request)
+    return web.json_response(_doc(request.app[SCHEDULER].device(request.match_info["name"])))
+
+
+async def put_status(request: web.Request) -> web.Response:
+    from .routes import SCHEDULER
+
+    _check_key(request)
+    device = request.app[SCHEDULER].device(request.match_info["name"])
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.", 1400) from None
+    status = body.get("status") if isinstance(body, dict) else None
+    if status not in STATES:
+        raise ApiError(400, f"'status' must be one of {', '.join(STATES)}.", 1400)
+    message = body.get("message") or ("available" if status == "online" else status)
+    if not isinstance(message, str) or len(message) > 200:
+        raise ApiError(400, "'message' must be a string of at most 200 characters.", 1400)
+    device.availability = status
+    device.availability_message = message
+    return web.json_response(_doc(device))
+
+
+def add_routes(app: web.Application, auth: Authenticator) -> None:
+    app[AUTH] = auth
+    app.router.add_get(ADMIN_PATH, get_status)
+    app.router.add_put(ADMIN_PATH, put_status)
+
+
+def main(argv: list[str]) -> int:
+    """``qproxy emulator device NAME STATUS``: set a device's status on a running emulator."""
+    p = argparse.ArgumentParser(prog="qproxy emulator device", description=main.__doc__)
+    p.add_argument("name", help="the backend name the emulator serves")
+    p.add_argument("status", choices=STATES)
+    p.add_argument("--message", default="")
+    p.add_argument("--url", default="http://127.0.0.1:8290", help="the emulator's base URL")
+    p.add_argument("--api-key-file", required=True, help="the emulator's key file (root)")
+    args = p.parse_args(argv)
+    try:
+        with open(args.api_key_file) as fh:
+            key = next(line.strip() for line in fh if line.strip() and line[0] != "#")
+    except (OSError, StopIteration) as exc:
+        print(f"qproxy emulator device: cannot read a key from {args.api_key_file}: {exc}",
+              file=sys.stderr)
+        return 2
+    body = json.dumps({"status": args.status, "message": args.message}).encode()
+    req = urllib.request.Request(
+        args.url.rstrip("/") + ADMIN_PATH.format(name=args.name), data=body, method="PUT",
+        headers={"Authorization": f"apikey {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - admin's URL
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read())["errors"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            reason = exc.reason
+        print(f"qproxy emulator device: HTTP {exc.code}: {reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"qproxy emulator device: {args.url} unreachable: {exc}", file=sys.stderr)
+        return 1
+    print(f"{doc['backend']}: {doc['status']} ({doc['message']})")
+    return 0
