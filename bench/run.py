@@ -151,7 +151,8 @@ def section_footprint(work: Path, quick: bool) -> list[dict[str, Any]]:
 
     with common.emulator(work, "--backends", "fake_fez") as emu:
         cfg = common.write_config(work, emu)
-        return footprint.run(cfg, work, 3 if quick else 7)
+        rows = footprint.run(cfg, work, 3 if quick else 7)
+        return rows + footprint.run_node(cfg, work, 16 if quick else 64)
 
 
 def section_emulator(work: Path, quick: bool) -> list[dict[str, Any]]:
