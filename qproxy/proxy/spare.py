@@ -234,7 +234,7 @@ def _warm(config_path: str) -> None:
             server.close()
             await runner.cleanup()
 
-    asyncio.run(once())
+    serve.run_loop(once())
 
 
 def _fork_proxy(listener: socket.socket, conn: socket.socket, request: dict[str, Any]) -> int:
