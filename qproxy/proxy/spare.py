@@ -43,6 +43,8 @@ from typing import Any, NamedTuple
 from qproxy.proxy.process import alive, serve_options, start_ticks
 
 MAX_REQUEST = 64 * 1024
+ACK = b"ok\n"  # the prolog's answer to a claim's reply: the forked proxy may start
+ACK_SECONDS = 2.0  # a prolog acknowledges at once; waiting holds up the next claims
 
 
 def spares_dir(state_dir: Path) -> Path:
@@ -237,21 +239,45 @@ def _warm(config_path: str) -> None:
     serve.run_loop(once())
 
 
-def _fork_proxy(listener: socket.socket, conn: socket.socket, request: dict[str, Any]) -> int:
-    """Fork the job's proxy; in the parent return its pid, the child never returns."""
+def _fork_proxy(listener: socket.socket, conn: socket.socket, request: dict[str, Any],
+                spare_id: str) -> None:
+    """Fork the job's proxy, answer the claim, and let the child start only once the prolog
+    has acknowledged the answer (else kill it: that prolog starts a proxy of its own). The
+    child never returns."""
     import threading
 
     if threading.active_count() != 1:  # a fork copies no other thread: refuse, never hang
         raise OSError("spare has threads; not forking")
     sys.stdout.flush()
     sys.stderr.flush()
+    go_r, go_w = os.pipe()
     pid = os.fork()
     if pid:
-        return pid
+        os.close(go_r)
+        try:
+            _reply(conn, ok=True, pid=pid, id=spare_id, start=start_ticks(pid))
+            conn.settimeout(ACK_SECONDS)
+            acked = conn.recv(len(ACK)) == ACK
+        except OSError:
+            acked = False
+        try:
+            if acked:
+                os.write(go_w, b"1")
+            else:
+                os.kill(pid, signal.SIGKILL)
+        finally:
+            os.close(go_w)
+        return
     rc = 1
     try:
         listener.close()
         conn.close()
+        os.close(go_w)
+        go = os.read(go_r, 1)
+        os.close(go_r)
+        if go != b"1":
+            rc = 0
+            return
         os.setsid()  # its own session, like a proxy the prolog starts: outlives the spare
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
@@ -322,8 +348,7 @@ def serve_spare(spare_id: str, config_path: str) -> int:
                 if request["identity"] != mine:
                     _reply(conn, ok=False, error="stale spare (qproxy changed since it started)")
                     return 0
-                pid = _fork_proxy(sock, conn, request)
-                _reply(conn, ok=True, pid=pid, id=spare_id, start=start_ticks(pid))
+                _fork_proxy(sock, conn, request, spare_id)
     except OSError as exc:
         print(f"qproxy serve: spare: {exc}", file=sys.stderr)
         rc = 1

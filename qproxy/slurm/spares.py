@@ -13,7 +13,7 @@ import signal
 import socket
 from pathlib import Path
 
-from qproxy.proxy.spare import MAX_REQUEST, Claimed, ensure, identity, listing
+from qproxy.proxy.spare import ACK, MAX_REQUEST, Claimed, ensure, identity, listing
 
 __all__ = ["Claimed", "claim", "ensure", "listing", "stop_all"]
 
@@ -33,17 +33,22 @@ def claim(state_dir: Path, argv: list[str], log_path: Path,
             s.connect(str(path))
             s.sendall(request.encode() + b"\n")
             reply = s.makefile("rb").readline(MAX_REQUEST)
+            try:
+                answer = json.loads(reply)
+            except ValueError:
+                continue
+            if not (isinstance(answer, dict) and answer.get("ok")
+                    and isinstance(answer.get("pid"), int)
+                    and isinstance(answer.get("start"), int)):
+                continue
+            # the forked proxy starts only on this: a prolog that gave up before it read the
+            # answer (and starts a proxy of its own) never leaves a second one behind
+            s.sendall(ACK)
+            return Claimed(answer["pid"], str(answer["id"]), answer["start"])
         except OSError:  # claimed by another prolog, or going away
             continue
         finally:
             s.close()
-        try:
-            answer = json.loads(reply)
-        except ValueError:
-            continue
-        if (isinstance(answer, dict) and answer.get("ok") and isinstance(answer.get("pid"), int)
-                and isinstance(answer.get("start"), int)):
-            return Claimed(answer["pid"], str(answer["id"]), answer["start"])
     return None
 
 

@@ -121,6 +121,39 @@ def test_spare_forks_each_jobs_proxy(node: tuple[Path, Path], tmp_path: Path) ->
     assert not list((state / "spares").iterdir())
 
 
+def test_unacknowledged_claim_starts_no_proxy(node: tuple[Path, Path], tmp_path: Path) -> None:
+    """A prolog that gave up before it read the spare's answer starts a proxy of its own: the
+    proxy forked for it must never start (two proxies, one job, one never stopped)."""
+    import socket
+
+    from qproxy.proxy.spare import identity
+
+    conf, state = node
+    spare.ensure(state, conf, 1, ENV)
+    _wait(lambda: _ready(state))
+    [(path, zygote, _)] = _ready(state)
+    job = tmp_path / "job54"
+    job.mkdir()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(str(path))
+    s.sendall(json.dumps({"identity": identity(), "argv": _argv(conf, job, "54"),
+                          "log": str(job / "proxy.log")}).encode() + b"\n")
+    answer = json.loads(s.makefile("rb").readline())
+    s.close()  # no acknowledgement
+    assert answer["ok"] and answer["pid"] != zygote
+    _wait(lambda: not proxyproc.alive(answer["pid"]), 30)
+    assert not (job / "proxy.env").exists() and not (job / "audit.jsonl").exists()
+    # the spare carries on for the next claim
+    assert [pid for _, pid, _ in _ready(state)] == [zygote]
+    job55 = tmp_path / "job55"
+    job55.mkdir()
+    got = spare.claim(state, _argv(conf, job55, "55"), job55 / "proxy.log")
+    assert got is not None
+    _wait(lambda: (job55 / "proxy.env").exists(), 30)
+    assert proxyproc.stop(got.pid, "55", spare=got.spare, start=got.start) == "terminated"
+
+
 def test_spare_refuses_other_code(node: tuple[Path, Path], tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A prolog of an upgraded qproxy must not be served by a spare started before."""
