@@ -13,7 +13,9 @@ What the spare holds is nothing job-specific: no secret, no token, no port, no a
 no socket but its own claim socket; the fork happens BEFORE the child reads anything of its
 job, and the child closes every inherited descriptor but stdio (redirected to its job's
 log). The prolog claims over a root-only Unix socket and hands the arguments it would have
-started a proxy with; the child then runs the normal start (``qproxy.proxy.serve.main``).
+started a proxy with; the spare forks and answers, and once the prolog acknowledges the
+answer the child runs the normal start (``qproxy.proxy.serve.main``; unacknowledged, it is
+killed: that prolog starts a proxy of its own).
 Without a spare the prolog starts a proxy as before, so a spare is purely an optimisation
 and every failure here falls back to that.
 
