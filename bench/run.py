@@ -108,8 +108,8 @@ def section_requests(work: Path, quick: bool) -> list[dict[str, Any]]:
                 "GET /backends": ("/backends", "/backends"),
                 "GET /jobs/{id}": (f"/jobs/{jid}", f"/jobs/{jid}"),
             }, rounds, n)
-            rows.append(rb.run_throughput(direct, proxied, f"/jobs/{jid}", f"/jobs/{jid}",
-                                          32, secs, rounds))
+            rows.extend(rb.run_throughput(direct, proxied, f"/jobs/{jid}", f"/jobs/{jid}",
+                                          32, secs, rounds, (emu.proc.pid, px.proc.pid)))
             loop.run_until_complete(direct.__aexit__())
             loop.run_until_complete(proxied.__aexit__())
             loop.close()
@@ -151,7 +151,8 @@ def section_footprint(work: Path, quick: bool) -> list[dict[str, Any]]:
 
     with common.emulator(work, "--backends", "fake_fez") as emu:
         cfg = common.write_config(work, emu)
-        return footprint.run(cfg, work, 3 if quick else 7)
+        rows = footprint.run(cfg, work, 3 if quick else 7)
+        return rows + footprint.run_node(cfg, work, 16 if quick else 64)
 
 
 def section_emulator(work: Path, quick: bool) -> list[dict[str, Any]]:

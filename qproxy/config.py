@@ -124,10 +124,11 @@ class ProxySettings:
     # How often the proxy rewrites its metrics file ({state_dir}/<job>/metrics.prom, root
     # 0600; merged by `qproxy metrics`), and once more at shutdown. 0 = only at shutdown.
     metrics_seconds: float = field(default=5.0, metadata=_NOT_NEGATIVE)
-    # Idle proxies each node keeps started ahead of its next QPU job (0 = none): the job's
-    # proxy then serves ~200 ms sooner (see qproxy/spare.py). Each costs ~50 MB while idle.
+    # Spare proxies each node keeps started ahead of its QPU jobs (0 = none): each forks the
+    # jobs' proxies, which then serve ~0.1-0.4 s sooner and share its imported code (~9 vs ~25
+    # MB private memory per job; see qproxy/proxy/spare.py). Each costs ~9 MB USS.
     spares: int = field(default=1, metadata=_NOT_NEGATIVE)
-    # A spare nobody claimed exits after this long (seconds).
+    # A spare exits after this long without a claim (seconds).
     spare_idle_seconds: float = field(default=600.0, metadata=_POSITIVE)
     # The job's proxy listens on the first free port of this range on ``host`` that the
     # services database does not name. Privileged ports only: when a proxy dies, no user

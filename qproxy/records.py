@@ -63,7 +63,8 @@ class ProxyRecord:
     env_file: str = ""
     started: float = 0.0
     account: str = ""
-    spare: str | None = None  # the spare process that took the job, if one did
+    spare: str | None = None  # the spare process that forked the job's proxy, if one did
+    start_ticks: int | None = None  # the proxy's start time (/proc/PID/stat): PID-reuse guard
     # "single" (a one-node job), or a multi-node job's "primary" (its first node: the
     # vendor key, lanes, audit) or "relay" (any other node: forwards to the primary)
     role: str = "single"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from qproxy.config import ProxySettings
 from qproxy.proxy.peer import peer_uid
@@ -71,9 +71,9 @@ class _Conn(asyncio.Protocol):
 
     # -- limits
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport; not necessarily asyncio's class (uvloop's is not a subclass)
+        self.transport = cast(asyncio.Transport, transport)
         g, s = self.guard, self.guard.settings
-        self.transport = transport
         sock = transport.get_extra_info("socket")
         if g.by_uid:
             uid = peer_uid(sock) if sock is not None else None
@@ -84,8 +84,8 @@ class _Conn(asyncio.Protocol):
         if len(g.conns) >= s.max_connections or (
                 self.other and g.others >= s.max_connections_others):
             g.stats["refused"] += 1
-            transport.write(REFUSAL)
-            transport.close()
+            self.transport.write(REFUSAL)
+            self.transport.close()
             return
         g.stats["accepted"] += 1
         g.conns[transport] = self

@@ -81,3 +81,19 @@ def serve_processes() -> dict[int, set[tuple[str, str]]]:
                 here is not None and _netns(name) == here):
             found[int(name)] = opts
     return found
+
+
+# --- the start time (scale branch): a spare's forked proxies all carry the spare's command
+# line, so the guard for them is that plus the start time the spare reported at the fork.
+def start_ticks(pid: int) -> int | None:
+    """When pid started (clock ticks since boot, /proc/PID/stat field 22); with the pid it
+    names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat.rpartition(b")")[2].split()  # after the command name, which may hold ")"
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None

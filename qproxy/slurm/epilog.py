@@ -71,7 +71,8 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
     record = job.read_record()
     resource = record.resource if record else ""
     proxy = proxyproc.recorded(record) if record else None
-    stopped = proxyproc.stop(proxy[0], job_id, spare=proxy[1]) if proxy else "absent"
+    stopped = (proxyproc.stop(proxy.pid, job_id, spare=proxy.spare, start=proxy.start)
+               if proxy else "absent")
     summary = _read_summary(job.summary) if stopped != "killed" else None
     relay = record is not None and record.role == "relay"
     stem = audit_stem(job_id, record.node or "?" if record and relay else "")

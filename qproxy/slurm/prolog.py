@@ -17,6 +17,7 @@ import socket
 import time
 
 from qproxy.config import Config, Resource
+from qproxy.proxy.process import start_ticks
 from qproxy.records import ProxyRecord
 from qproxy.slurm import lease, proxyproc, spares
 from qproxy.slurm.slurmcli import (
@@ -126,9 +127,9 @@ def acquire_lanes(config: Config, resource: Resource, job_id: str, lanes: int) -
 
 
 def start_proxy(config: Config, job: JobState, resource: Resource, user: str, lanes: int,
-                info: JobRecord, extra: tuple[str, ...] = ()) -> tuple[int, str | None]:
-    """(pid, spare id): a ready spare takes the job if there is one (qproxy.slurm.spares), else a
-    new process starts."""
+                info: JobRecord, extra: tuple[str, ...] = ()) -> proxyproc.Recorded:
+    """The job's proxy: forked by a ready spare if there is one (qproxy.slurm.spares), else a
+    new process."""
     args = ["--config", str(config.path), "--job-id", job.job_id, "--user", user,
             "--backend", resource.name, "--lanes", str(lanes),
             "--end-time", str(int(info.end_time or time.time() + 365 * 86400)),
@@ -145,8 +146,9 @@ def start_proxy(config: Config, job: JobState, resource: Resource, user: str, la
             log.exception("job %s: claiming a spare proxy failed", job.job_id)
             claimed = None
         if claimed is not None:
-            return claimed
-    return proxyproc.start(args, job.proxy_log).pid, None
+            return proxyproc.Recorded(*claimed)
+    pid = proxyproc.start(args, job.proxy_log).pid
+    return proxyproc.Recorded(pid, None, start_ticks(pid))
 
 
 def keep_spares(config: Config) -> None:
@@ -182,15 +184,15 @@ def qpu_text(resource: Resource, lanes: int) -> str:
     return f"qpu backend={resource.name} lanes={lanes}"
 
 
-def publish_primary(config: Config, job: JobState, pid: int, spare: str | None, addr: str,
+def publish_primary(config: Config, job: JobState, proxy: proxyproc.Recorded, addr: str,
                     text: str, run: int) -> str:
     """Wait (bounded) for the primary's env file, then publish its relay listener for the
     job's other nodes; ``primary=failed`` if it did not come up. Returns what was published."""
     from qproxy.proxy.relayauth import RELAY_PORT_ENV, format_hostport
 
     try:
-        env = proxyproc.wait_ready(job.env_file, pid, job.job_id,
-                                   config.proxy.start_timeout_seconds, spare)
+        env = proxyproc.wait_ready(job.env_file, proxy.pid, job.job_id,
+                                   config.proxy.start_timeout_seconds, proxy.spare, proxy.start)
     except OSError:
         env = None
     port = (env or {}).get(RELAY_PORT_ENV, "")
@@ -239,10 +241,12 @@ def start_relay(config: Config, job: JobState, resource: Resource, user: str, ui
             "--node", me,
             "--audit-log", str(config.audit_dir / f"{audit_stem(job.job_id, me)}.jsonl")]
     pid = proxyproc.start(args, job.proxy_log).pid
+    start = start_ticks(pid)
     job.write_record(ProxyRecord(
         job_id=job.job_id, user=user, uid=uid, account=info.account, resource=resource.name,
         upstream_backend=resource.backend, lanes=lanes, pid=pid, env_file=str(job.env_file),
-        started=time.time(), role="relay", primary=primary, node=me, end_time=info.end_time))
+        started=time.time(), role="relay", primary=primary, node=me, end_time=info.end_time,
+        start_ticks=start))
     return pid
 
 
@@ -252,7 +256,7 @@ def prolog(config: Config, job_id: str, uid: int, backend: str,
     old = job.read_record()
     previous = proxyproc.recorded(old) if old else None
     if previous:  # requeued job: stop the previous proxy
-        proxyproc.stop(previous[0], job_id, grace=5, spare=previous[1])
+        proxyproc.stop(previous.pid, job_id, grace=5, spare=previous.spare, start=previous.start)
     job.remove()
     job.create()
     user = _user_name(uid)
@@ -282,22 +286,24 @@ def prolog(config: Config, job_id: str, uid: int, backend: str,
         leased = True
         addr = node_addr(me) if role == "primary" else ""
         extra = ("--relay-listen", addr) if role == "primary" else ()
-        pid, spare_id = start_proxy(config, job, resource, user, lanes, info, extra)
+        proxy = start_proxy(config, job, resource, user, lanes, info, extra)
+        pid, spare_id = proxy.pid, proxy.spare
         comment = start_admin_comment(job_id, text) if role == "single" else None
         job.write_record(ProxyRecord(
             job_id=job_id, user=user, uid=uid, account=info.account, resource=resource.name,
             upstream_backend=resource.backend, lanes=lanes, pid=pid, spare=spare_id,
+            start_ticks=proxy.start,
             env_file=str(job.env_file), started=time.time(), role=role, end_time=info.end_time))
         if role == "single":
             finish_admin_comment(job_id, comment)
         else:
-            where = publish_primary(config, job, pid, spare_id, addr, text, info.restart_cnt)
+            where = publish_primary(config, job, proxy, addr, text, info.restart_cnt)
             published = None
             log.info("job %s: primary on %s, relay listener %s", job_id, me, where)
         log.info("job %s: proxy pid %d%s for %s (%d lanes, user %s) started in %.2fs",
                  job_id, pid, f" (spare {spare_id})" if spare_id else "", resource.name, lanes,
                  user, time.monotonic() - t0)
-        if spare_id is None:  # none was ready (a claimed one starts its own successor)
+        if spare_id is None:  # none was ready (a spare stays for the next job once started)
             keep_spares(config)
     except JobRefused as exc:
         log.info("job %s: refused: %s", job_id, exc)

@@ -8,9 +8,9 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from qproxy.proxy.process import alive, serve_options
+from qproxy.proxy.process import alive, serve_options, start_ticks
 from qproxy.records import ProxyRecord
 
 if TYPE_CHECKING:  # task-env (once per task) never starts a process
@@ -36,16 +36,28 @@ def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         os.close(fd)
 
 
-def recorded(record: ProxyRecord) -> tuple[int, str | None]:
-    """(pid, spare id) of the proxy a job's connection record names."""
-    return record.pid, record.spare
+class Recorded(NamedTuple):
+    """The proxy a job's connection record names: what the PID-reuse guard checks."""
+
+    pid: int
+    spare: str | None = None  # the spare that forked it
+    start: int | None = None  # its /proc start time (records of older qproxy have none)
 
 
-def is_our_proxy(pid: int, job_id: str, spare: str | None = None) -> bool:
-    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`, or the
-    spare the prolog handed this job to (`qproxy serve --spare <spare>`, see qproxy.proxy.spare)."""
+def recorded(record: ProxyRecord) -> Recorded:
+    return Recorded(record.pid, record.spare, record.start_ticks)
+
+
+def is_our_proxy(pid: int, job_id: str, spare: str | None = None,
+                 start: int | None = None) -> bool:
+    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`, or
+    forked by the spare the prolog handed this job to (`qproxy serve --spare <spare>`, see
+    qproxy.proxy.spare) -- and, when the record has one, have the recorded start time: all
+    of a spare's proxies (and the spare) share that command line."""
     wanted = {("--job-id", job_id)} | ({("--spare", spare)} if spare else set())
-    return bool(serve_options(pid) & wanted)
+    if not serve_options(pid) & wanted:
+        return False
+    return start is None or start_ticks(pid) == start
 
 
 def _wait_exit(pidfd: int | None, pid: int, timeout: float) -> bool:
@@ -70,7 +82,8 @@ def _wait_exit(pidfd: int | None, pid: int, timeout: float) -> bool:
     return not alive(pid)
 
 
-def stop(pid: int, job_id: str, grace: float = 15.0, spare: str | None = None) -> str:
+def stop(pid: int, job_id: str, grace: float = 15.0, spare: str | None = None,
+         start: int | None = None) -> str:
     """SIGTERM (graceful: the proxy cancels upstream work and writes its summary), then
     SIGKILL. Returns what happened: 'absent', 'terminated' or 'killed'.
 
@@ -84,7 +97,7 @@ def stop(pid: int, job_id: str, grace: float = 15.0, spare: str | None = None) -
     except (AttributeError, OSError):
         pidfd = None
     try:
-        if not is_our_proxy(pid, job_id, spare):
+        if not is_our_proxy(pid, job_id, spare, start):
             return "absent"
         _signal(pidfd, pid, signal.SIGTERM)
         if _wait_exit(pidfd, pid, grace):
@@ -107,7 +120,7 @@ def _signal(pidfd: int | None, pid: int, sig: int) -> None:
 
 
 def wait_ready(path: Path, pid: int, job_id: str, timeout: float,
-               spare: str | None = None) -> dict[str, str] | None:
+               spare: str | None = None, start: int | None = None) -> dict[str, str] | None:
     """The proxy's env file once it exists; None if the proxy is gone or the time is up."""
     deadline = time.monotonic() + timeout
     delay = 0.002
@@ -116,7 +129,8 @@ def wait_ready(path: Path, pid: int, job_id: str, timeout: float,
             return read_env_file(path)
         except FileNotFoundError:
             pass
-        if not (is_our_proxy(pid, job_id, spare) and alive(pid)) or time.monotonic() > deadline:
+        ours = is_our_proxy(pid, job_id, spare, start) and alive(pid)
+        if not ours or time.monotonic() > deadline:
             try:  # it may have written the file and died since the first look
                 return read_env_file(path)
             except FileNotFoundError:

@@ -13,16 +13,16 @@ import signal
 import socket
 from pathlib import Path
 
-from qproxy.proxy.spare import MAX_REQUEST, ensure, identity, listing
+from qproxy.proxy.spare import ACK, MAX_REQUEST, Claimed, ensure, identity, listing
 
-__all__ = ["claim", "ensure", "listing", "stop_all"]
+__all__ = ["Claimed", "claim", "ensure", "listing", "stop_all"]
 
 CLAIM_TIMEOUT = 2.0  # a ready spare answers in milliseconds
 
 
 def claim(state_dir: Path, argv: list[str], log_path: Path,
-          timeout: float = CLAIM_TIMEOUT) -> tuple[int, str] | None:
-    """Hand ``qproxy serve`` arguments to a ready spare: (pid, spare id), or None."""
+          timeout: float = CLAIM_TIMEOUT) -> Claimed | None:
+    """Hand ``qproxy serve`` arguments to a ready spare: the proxy it forked, or None."""
     request = json.dumps({"identity": identity(), "argv": argv, "log": str(log_path)})
     for path, _pid, _id in listing(state_dir):
         if not path.name.endswith(".sock"):
@@ -33,21 +33,28 @@ def claim(state_dir: Path, argv: list[str], log_path: Path,
             s.connect(str(path))
             s.sendall(request.encode() + b"\n")
             reply = s.makefile("rb").readline(MAX_REQUEST)
+            try:
+                answer = json.loads(reply)
+            except ValueError:
+                continue
+            if not (isinstance(answer, dict) and answer.get("ok")
+                    and isinstance(answer.get("pid"), int)
+                    and isinstance(answer.get("start"), int)):
+                continue
+            # the forked proxy starts only on this: a prolog that gave up before it read the
+            # answer (and starts a proxy of its own) never leaves a second one behind
+            s.sendall(ACK)
+            return Claimed(answer["pid"], str(answer["id"]), answer["start"])
         except OSError:  # claimed by another prolog, or going away
             continue
         finally:
             s.close()
-        try:
-            answer = json.loads(reply)
-        except ValueError:
-            continue
-        if isinstance(answer, dict) and answer.get("ok") and isinstance(answer.get("pid"), int):
-            return answer["pid"], str(answer["id"])
     return None
 
 
 def stop_all(state_dir: Path) -> int:
-    """SIGTERM every spare of this node (node going down, or the code changed)."""
+    """SIGTERM every spare of this node (node going down, or the code changed); the proxies
+    they forked are jobs' and stay (their own sessions, stopped by their epilogs)."""
     n = 0
     for path, pid, spare_id in listing(state_dir):
         try:

@@ -44,16 +44,16 @@ def task_env(config: Config, job_id: str) -> dict[str, str | None]:
     if record is None:
         raise NoQPU(f"no QPU proxy was started for job {job_id} on this node (the job prolog "
                     "did not run or failed); ask your admin")
-    pid, spare = proxyproc.recorded(record)
-    if not proxyproc.is_our_proxy(pid, job_id, spare):
+    pid, spare, start = proxyproc.recorded(record)
+    if not proxyproc.is_our_proxy(pid, job_id, spare, start):
         raise NoQPU(f"the QPU proxy of job {job_id} is no longer running")
     timeout = min(config.proxy.start_timeout_seconds, MAX_WAIT_SECONDS)
     try:
-        proxy_env = proxyproc.wait_ready(job.env_file, pid, job_id, timeout, spare)
+        proxy_env = proxyproc.wait_ready(job.env_file, pid, job_id, timeout, spare, start)
     except OSError:
         proxy_env = None
     if proxy_env is None:
-        if proxyproc.is_our_proxy(pid, job_id, spare) and alive(pid):
+        if proxyproc.is_our_proxy(pid, job_id, spare, start) and alive(pid):
             raise NoQPU(f"the QPU proxy of job {job_id} did not become ready in "
                         f"{timeout:.0f}s; ask your admin")
         raise NoQPU(f"the QPU proxy of job {job_id} exited at start or is no longer "

@@ -1,11 +1,13 @@
-"""Spare proxies (qproxy/spare.py): a pre-started `qproxy serve --spare` takes a job's
-arguments from the prolog's claim and becomes that job's proxy; it is claimed once, refuses
-other code, idles out, and the hooks' PID-reuse guard recognises it."""
+"""Spare proxies (qproxy/proxy/spare.py): a pre-started `qproxy serve --spare` takes each job's
+arguments from the prolog's claim and forks that job's proxy (nothing of the spare's open in
+it, each in its own session); it refuses other code, idles out, and the hooks' PID-reuse
+guard tells its proxies apart by their start time."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,43 +54,104 @@ def _argv(conf: Path, d: Path, job: str) -> list[str]:
             "--summary-file", str(d / "summary.json")]
 
 
-def test_spare_becomes_the_jobs_proxy(node: tuple[Path, Path], tmp_path: Path) -> None:
-    conf, state = node
-    assert spare.ensure(state, conf, 1, ENV) == 1
-    assert spare.ensure(state, conf, 1, ENV) == 0  # one is starting: no second one
-    _wait(lambda: _ready(state))
-    [(_, pid, spare_id)] = spare.listing(state)
-    assert oct(os.stat(state / "spares").st_mode & 0o777) == "0o700"
-    job = tmp_path / "job51"
-    job.mkdir()
-    got = spare.claim(state, _argv(conf, job, "51"), job / "proxy.log")
-    assert got == (pid, spare_id)
-    assert spare.listing(state) == []  # claimed: nobody else can have it
-    assert spare.claim(state, _argv(conf, job, "52"), job / "other.log") is None
-    _wait(lambda: (job / "proxy.env").exists(), 30)
-    # the hooks' PID-reuse guard: this job's proxy only with the spare id from its record
-    assert proxyproc.is_our_proxy(pid, "51", spare_id)
-    assert not proxyproc.is_our_proxy(pid, "51")
-    assert not proxyproc.is_our_proxy(pid, "52", "0123abcd")
-    env = read_env_file(job / "proxy.env")
+def _serves(env_file: Path) -> list[str]:
+    """The backends the proxy of this env file lists (an IAM exchange, then one request)."""
+    env = read_env_file(env_file)
     r = requests.post(env["IAM_URL"] + "/identity/token", timeout=30, data={
         "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": env["QISKIT_IBM_TOKEN"]})
     assert r.status_code == 200
     h = {"Authorization": f"Bearer {r.json()['access_token']}"}
     backends = requests.get(env["QISKIT_IBM_URL"] + "/backends", headers=h, timeout=30)
-    assert [b["name"] for b in backends.json()["devices"]] == ["ibm_fez"]
-    # the claimed spare starts its successor once it serves, so the next job finds one
-    _wait(lambda: _ready(state), 60)
-    [(_, successor, _)] = spare.listing(state)
-    assert successor != pid
-    assert proxyproc.stop(pid, "51", spare=spare_id) == "terminated"
-    summary = json.loads((job / "summary.json").read_text())
-    assert summary["job_id"] == "51" and summary["requests"] == 2
-    log = (job / "proxy.log").read_text()
+    return [b["name"] for b in backends.json()["devices"]]
+
+
+def _fds(pid: int) -> dict[int, str]:
+    d = Path(f"/proc/{pid}/fd")
+    return {int(n): os.readlink(d / n) for n in os.listdir(d)}
+
+
+def test_spare_forks_each_jobs_proxy(node: tuple[Path, Path], tmp_path: Path) -> None:
+    conf, state = node
+    assert spare.ensure(state, conf, 1, ENV) == 1
+    assert spare.ensure(state, conf, 1, ENV) == 0  # one is starting: no second one
+    _wait(lambda: _ready(state))
+    [(_, zygote, spare_id)] = spare.listing(state)
+    assert oct(os.stat(state / "spares").st_mode & 0o777) == "0o700"
+    jobs = {}
+    for job_id in ("51", "52"):
+        d = tmp_path / f"job{job_id}"
+        d.mkdir()
+        got = spare.claim(state, _argv(conf, d, job_id), d / "proxy.log")
+        assert got is not None and got.spare == spare_id and got.pid != zygote
+        jobs[job_id] = (got, d)
+        _wait(lambda d=d: (d / "proxy.env").exists(), 30)  # type: ignore[misc]
+    # the spare stays for the next job: its socket is still there, in its own file
+    assert [(pid, sid) for _, pid, sid in _ready(state)] == [(zygote, spare_id)]
+    (a, da), (b, db) = jobs["51"], jobs["52"]
+    assert a.pid != b.pid
+    assert _serves(da / "proxy.env") == ["ibm_fez"] == _serves(db / "proxy.env")
+    # the hooks' PID-reuse guard: the spare and both proxies share one command line, so a
+    # proxy is this job's only with the start time its record holds
+    assert proxyproc.is_our_proxy(a.pid, "51", spare_id, a.start)
+    assert not proxyproc.is_our_proxy(a.pid, "51")  # no --job-id on its command line
+    assert not proxyproc.is_our_proxy(a.pid, "51", spare_id, a.start + 1)  # a reused pid
+    assert not proxyproc.is_our_proxy(zygote, "51", spare_id, a.start)  # the spare itself
+    assert not proxyproc.is_our_proxy(b.pid, "51", spare_id, a.start)  # the other job's
+    assert not proxyproc.is_our_proxy(a.pid, "52", "0123abcd", a.start)
+    # nothing of the spare's is open in a job's proxy: no claim socket, no spare log, and
+    # its stdio is the job's own log
+    spare_socket = {t for t in _fds(zygote).values() if t.startswith("socket:")}
+    fds = _fds(a.pid)
+    assert not spare_socket & set(fds.values())
+    assert fds[1] == fds[2] == str(da / "proxy.log")
+    assert not any(t.endswith(f"{spare_id}.log") for t in fds.values())
+    assert os.getsid(a.pid) == a.pid != os.getsid(zygote)  # its own session
+    # crash containment: one job's proxy killed, the other job's and the spare carry on;
+    # the spare stopped, its proxies carry on
+    os.kill(b.pid, signal.SIGKILL)
+    _wait(lambda: not proxyproc.alive(b.pid), 30)
+    assert spare.stop_all(state) == 1
+    _wait(lambda: not proxyproc.alive(zygote), 30)
+    assert _serves(da / "proxy.env") == ["ibm_fez"]
+    assert proxyproc.stop(a.pid, "51", spare=spare_id, start=a.start) == "terminated"
+    summary = json.loads((da / "summary.json").read_text())
+    assert summary["job_id"] == "51" and summary["requests"] == 4
+    log = (da / "proxy.log").read_text()
     assert "job 51: proxy for ibm_fez listening" in log and "Traceback" not in log
-    left = sorted(p.name for p in (state / "spares").iterdir())
-    assert all(name.startswith(f"{successor}-") or not name.startswith(str(pid)) for name in left)
-    assert f"{spare_id}.log" not in left  # the claimed spare's own log went with the claim
+    assert not list((state / "spares").iterdir())
+
+
+def test_unacknowledged_claim_starts_no_proxy(node: tuple[Path, Path], tmp_path: Path) -> None:
+    """A prolog that gave up before it read the spare's answer starts a proxy of its own: the
+    proxy forked for it must never start (two proxies, one job, one never stopped)."""
+    import socket
+
+    from qproxy.proxy.spare import identity
+
+    conf, state = node
+    spare.ensure(state, conf, 1, ENV)
+    _wait(lambda: _ready(state))
+    [(path, zygote, _)] = _ready(state)
+    job = tmp_path / "job54"
+    job.mkdir()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(str(path))
+    s.sendall(json.dumps({"identity": identity(), "argv": _argv(conf, job, "54"),
+                          "log": str(job / "proxy.log")}).encode() + b"\n")
+    answer = json.loads(s.makefile("rb").readline())
+    s.close()  # no acknowledgement
+    assert answer["ok"] and answer["pid"] != zygote
+    _wait(lambda: not proxyproc.alive(answer["pid"]), 30)
+    assert not (job / "proxy.env").exists() and not (job / "audit.jsonl").exists()
+    # the spare carries on for the next claim
+    assert [pid for _, pid, _ in _ready(state)] == [zygote]
+    job55 = tmp_path / "job55"
+    job55.mkdir()
+    got = spare.claim(state, _argv(conf, job55, "55"), job55 / "proxy.log")
+    assert got is not None
+    _wait(lambda: (job55 / "proxy.env").exists(), 30)
+    assert proxyproc.stop(got.pid, "55", spare=got.spare, start=got.start) == "terminated"
 
 
 def test_spare_refuses_other_code(node: tuple[Path, Path], tmp_path: Path,

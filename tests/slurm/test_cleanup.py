@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qproxy.config import load
-from qproxy.slurm.proxyproc import is_our_proxy
+from qproxy.slurm.proxyproc import Recorded, is_our_proxy
 from tests.support.cluster import Cluster, Job
 
 TOOL = Path(__file__).parents[1] / "support" / "jobtool.py"
@@ -41,19 +41,20 @@ def upstream_status(cluster: Cluster, ids: list[str]) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def proxy_of(cluster: Cluster, job_id: str) -> tuple[int, str | None]:
-    """(pid, spare id) from the job's record (waiting for the prolog to write it): a proxy
-    that was a spare is recognised by its `--spare ID`, not by a `--job-id` (qproxy/spare.py)."""
+def proxy_of(cluster: Cluster, job_id: str) -> Recorded:
+    """(pid, spare id, start) from the job's record (waiting for the prolog to write it): a
+    proxy a spare forked is recognised by its `--spare ID` and start time, not by a
+    `--job-id` (qproxy/proxy/spare.py)."""
     path = cluster.run_dir / job_id / "record.json"
     deadline = time.monotonic() + 10
     while not path.exists():
         assert time.monotonic() < deadline, f"no record for job {job_id}"
         time.sleep(0.1)
     record = json.loads(path.read_text())
-    return int(record["pid"]), record.get("spare")
+    return Recorded(int(record["pid"]), record.get("spare"), record.get("start_ticks"))
 
 
-def start_busy(cluster: Cluster, *args: str) -> tuple[Job, list[str], tuple[int, str | None]]:
+def start_busy(cluster: Cluster, *args: str) -> tuple[Job, list[str], Recorded]:
     job = cluster.sbatch(
         f"srun python3 {TOOL} busy 2\n", "--q_backend=ibm_fez", "-L", "ibm_fez:2", *args, wait=False
     )
@@ -67,14 +68,14 @@ def start_busy(cluster: Cluster, *args: str) -> tuple[Job, list[str], tuple[int,
         cluster.as_user("scancel", job.id)
         raise AssertionError(job.output())
     proxy = proxy_of(cluster, job.id)
-    assert is_our_proxy(proxy[0], job.id, proxy[1])
+    assert is_our_proxy(proxy.pid, job.id, proxy.spare, proxy.start)
     return job, ids, proxy
 
 
 def assert_clean(cluster: Cluster, job: Job, ids: list[str],
-                 proxy: tuple[int, str | None]) -> dict[str, Any]:
+                 proxy: Recorded) -> dict[str, Any]:
     cluster.wait_gone(job.id)
-    assert not is_our_proxy(proxy[0], job.id, proxy[1])
+    assert not is_our_proxy(proxy.pid, job.id, proxy.spare, proxy.start)
     statuses = upstream_status(cluster, ids)
     assert all(s in FINAL for s in statuses.values()), statuses
     usage = cluster.usage(job.id)
@@ -107,7 +108,7 @@ def test_proxy_death(qpu_cluster: Cluster) -> None:
 def test_proxy_death_fails_new_steps_clearly(cluster: Cluster) -> None:
     job = cluster.sbatch("sleep 2; srun true\n", "--q_backend=ibm_fez", "--gres=qpu:1", wait=False)
     cluster.wait_state(job.id, {"RUNNING"})
-    pid, _ = proxy_of(cluster, job.id)
+    pid = proxy_of(cluster, job.id).pid
     os.kill(pid, signal.SIGKILL)
     cluster.wait_state(job.id, {"FAILED", "COMPLETED"}, timeout=60)
     assert "QPU proxy of job" in job.output() and "no longer running" in job.output()
@@ -139,15 +140,15 @@ def test_slurmd_restart_mid_job(cluster: Cluster) -> None:
     job = cluster.sbatch("sleep 8; srun printenv QPU_BACKEND\n", "--q_backend=ibm_fez",
                          "--gres=qpu:1", wait=False)
     cluster.wait_state(job.id, {"RUNNING"})
-    pid, spare = proxy_of(cluster, job.id)
+    pid, spare, start = proxy_of(cluster, job.id)
     slurmd = int((cluster.state / "pid" / "slurmd.pid").read_text())
     os.kill(slurmd, signal.SIGTERM)
     while Path(f"/proc/{slurmd}").exists():
         time.sleep(0.1)
-    assert is_our_proxy(pid, job.id, spare)
+    assert is_our_proxy(pid, job.id, spare, start)
     subprocess.run([sys.executable, str(Path(__file__).parents[2] / "scripts" / "cluster"),
                     "up"], check=True, stdout=subprocess.DEVNULL)
     cluster.wait_state(job.id, {"COMPLETED"}, timeout=60)
     assert "ibm_fez" in job.output()
     cluster.wait_gone(job.id)
-    assert not is_our_proxy(pid, job.id, spare)
+    assert not is_our_proxy(pid, job.id, spare, start)

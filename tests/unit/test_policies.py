@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -124,3 +125,21 @@ def test_job_auth() -> None:
     assert b.check_header(f"Bearer {good}") is None
     assert b.check_header(f"Bearer {good}x") == "invalid access token"
     assert JobAuth(tok, "1", 60).check_header(f"Bearer {good}") == "invalid access token"
+
+
+def test_verified_jwt_is_remembered_only_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qproxy.proxy.auth as auth
+
+    now = [time.time()]
+    monkeypatch.setattr(auth.time, "time", lambda: now[0])
+    a = JobAuth(new_job_token(), "1", 60, clock=lambda: now[0])
+    token, exp = a.mint()
+    assert a.check_jwt(token) is None and a.check_jwt(token) is None  # the second: remembered
+    assert a.check_jwt(token[:-2] + "AA") == "invalid access token"  # not a prefix match
+    now[0] = exp - 0.5
+    assert a.check_jwt(token) is None
+    now[0] = exp
+    assert "expired" in (a.check_jwt(token) or "")
+    others = [a.mint()[0] for _ in range(auth.VERIFIED_MAX + 3)]  # bounded: it starts afresh
+    assert all(a.check_jwt(t) is None for t in others)
+    assert len(a._verified) <= auth.VERIFIED_MAX

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from qproxy.proxy import envelope
 from qproxy.proxy.context import CTX, JobContext
 from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.policy.tags import merge_tags
@@ -225,8 +226,21 @@ async def create_job(request: web.Request) -> web.StreamResponse:
             await ctx.lanes.cancel_reservation()
 
 
+async def read_envelope(request: web.Request) -> dict[str, Any]:
+    """A job submission: top-level fields parsed, params kept as sent (qproxy.proxy.envelope)."""
+    raw = await read_body(request)
+    if not raw or raw.isspace():
+        return {}
+    try:
+        env = envelope.split(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PolicyError(400, f"request body is not a valid JSON object: {exc}") from None
+    request["stdlib_json"] = env.stdlib
+    return env.fields
+
+
 async def _create_job(request: web.Request, ctx: JobContext, waited: float) -> web.StreamResponse:
-    body = await read_json(request)
+    body = await read_envelope(request)
     body["backend"] = ctx.backend.to_upstream(body.get("backend", ctx.backend.local))
     sid = body.get("session_id")
     if sid is not None and sid not in ctx.owned.sessions and sid not in ctx.owned.jobs:

@@ -24,18 +24,44 @@ class Doc:
         self.stdlib = stdlib
 
 
-def loads(raw: bytes | bytearray) -> Doc:
+class Raw:
+    """A JSON value kept as the bytes it arrived in (qproxy.proxy.envelope): ``dumps`` writes
+    it back unchanged where it is a top-level value of an object."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data
+
+
+def loads(raw: bytes | bytearray | memoryview) -> Doc:
     """Parse; raise ValueError if it is not JSON at all."""
     try:
         return Doc(orjson.loads(raw))
     except orjson.JSONDecodeError:
-        return Doc(json.loads(raw), stdlib=True)
+        return Doc(json.loads(bytes(raw) if isinstance(raw, memoryview) else raw), stdlib=True)
 
 
 def dumps(value: Any, stdlib: bool = False) -> bytes:
+    if isinstance(value, dict) and any(isinstance(v, Raw) for v in value.values()):
+        return _with_raw(value, stdlib)
     if not stdlib:
         try:
             return orjson.dumps(value)
         except TypeError:  # e.g. an integer beyond 64 bits
             pass
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _with_raw(value: dict[Any, Any], stdlib: bool) -> bytes:
+    """The object with its Raw values spliced in after the others: one copy of them, no
+    encoding."""
+    plain = dumps({k: v for k, v in value.items() if not isinstance(v, Raw)}, stdlib)
+    parts: list[bytes | memoryview] = [plain[:-1]]
+    sep = b"," if len(plain) > 2 else b""
+    for k, v in value.items():
+        if isinstance(v, Raw):
+            parts += [sep, dumps(k), b":", v.data]
+            sep = b","
+    parts.append(b"}")
+    return b"".join(parts)
