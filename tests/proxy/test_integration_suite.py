@@ -100,8 +100,8 @@ KNOWN_DIRECT: dict[str, str] = {
     "propagate to pytest's handler (qiskit_ibm_runtime/utils/logging.py: propagate=False)",
     "test_executor_estimator.py::TestEstimator::test_pec_estimator": "the samplexes the "
     "client builds for it have no noise-injection output (checked in-process: only "
-    "measurement_flips and parameter_values), so no executor can return the pauli_signs "
-    "its post-processor requires",
+    "measurement_flips and parameter_values), so the emulator, which runs the samplex as "
+    "sent, has no pauli_signs for the client's post-processor",
 }
 # node id -> the policy that refuses it through a job's proxy
 POLICY_REFUSED: dict[str, str] = {
