@@ -11,6 +11,7 @@ errors are ``{"errors": [{"code", "message", "more_info"}], "trace"}``.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 # Where the Runtime API is served (the real service) and where the unmodified client sends it
@@ -52,6 +53,18 @@ def job_status(doc: Any) -> str | None:
     if status is None and isinstance(doc.get("state"), dict):
         status = doc["state"].get("status")
     return status if isinstance(status, str) else None
+
+
+def parse_time(value: str) -> float | None:
+    """An API timestamp (ISO 8601, ``Z`` or an offset; naive is UTC, as the client sends
+    ``created_after``/``created_before``) as epoch seconds, or None if it does not parse."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def new_trace_id() -> str:

@@ -61,6 +61,7 @@ def create_app(
     seed: int | None = None,
     instance: str = DEFAULT_INSTANCE,
     min_job_seconds: float = 0.3,
+    qpu_time: bool = False,
     token_ttl: int = 3600,
 ) -> web.Application:
     """Build the app; lane workers start with it and stop at cleanup."""
@@ -69,7 +70,9 @@ def create_app(
         middlewares=[error_middleware, auth_middleware(auth, API_PREFIXES)],
         client_max_size=256 * 1024 * 1024,
     )
-    scheduler = Scheduler(devices, seed=seed, min_job_seconds=min_job_seconds)
+    scheduler = Scheduler(
+        devices, seed=seed, min_job_seconds=min_job_seconds, qpu_time=qpu_time
+    )
     app[SCHEDULER] = scheduler
     app[INSTANCE] = instance
     app.router.add_post(IAM_TOKEN_PATH, auth.token_handler)

@@ -11,6 +11,7 @@ job to the qubits a circuit touches (see :meth:`Device.noise_model_for`).
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 import os
@@ -66,6 +67,11 @@ class Device:
         self.configuration["backend_name"] = self.name
         self.properties["backend_name"] = self.name
         self.num_qubits = int(self.configuration["n_qubits"])
+        # The service names each calibration of a device by an id; the client sends it back
+        # as ``calibration_id`` (configuration, properties, jobs) and an unknown one is a 404.
+        # Ours is fixed by the snapshot the device is served from.
+        stamp = f"{self.fake_name}:{self.properties.get('last_update_date', '')}"
+        self.calibration_id = hashlib.sha256(stamp.encode()).hexdigest()[:24]
 
     @property
     def target(self) -> Target:
@@ -157,6 +163,8 @@ class Device:
             "status": {"name": self.availability, "reason": self.availability_message},
             "is_simulator": False,
             "qubits": self.num_qubits,
+            # the client reads IBMBackend.physical_qubits from this list, not from the config
+            "physical_qubits": self.num_qubits,
             "queue_length": queue_length,
             "wait_time_seconds": {"p50": 0, "p95": 0},
             "processor_type": proc,

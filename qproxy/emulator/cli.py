@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="every job stays Running at least this long (real jobs never finish instantly)",
     )
     p.add_argument(
+        "--qpu-time",
+        action="store_true",
+        help="keep each job Running as long as the device would take for its shots "
+        "(shots x repetition delay: ~1 s for 4096 shots), so client-side timeouts see "
+        "running jobs as on the real service",
+    )
+    p.add_argument(
         "--diagnostics",
         action="store_true",
         help="also serve the 'qproxy-blob' program (sized results, for benchmarks)",
@@ -105,6 +112,7 @@ async def _serve(args: argparse.Namespace, devices: dict[str, Device], keys: lis
         keys,
         seed=args.seed,
         min_job_seconds=args.min_job_seconds,
+        qpu_time=args.qpu_time,
         token_ttl=args.token_ttl,
     )
     runner = web.AppRunner(app, access_log=None)

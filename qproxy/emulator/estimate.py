@@ -152,7 +152,7 @@ def estimate(
         for lab, part in parts.items():
             if part in evs:
                 exact[lab] = exact[lab] * evs[part]
-    shots = max(1, math.ceil(1.0 / precision**2))
+    shots = max(1, math.ceil(1.0 / precision**2 - 1e-9))  # 1/sqrt(n) gives n back
     rng = np.random.default_rng(seed)
     term_ev: dict[str, np.ndarray] = {}
     for lab in labels:  # each term measured with `shots` shots: binomial noise around exact

@@ -90,6 +90,7 @@ class Job:
     result: str | None = None
     seed: int = 0
     serial: int = 0  # submission number: names the job on its lane's cancel pipe
+    qpu_seconds: float = 0.0  # what the device would take for the shots (held Running)
     log_lines: list[str] = field(default_factory=list)
 
     @property
@@ -140,9 +141,17 @@ class Job:
         }
         if self.finished is not None:
             doc["ended"] = now_iso(self.finished)
-        if not exclude_params:
+        if not exclude_params and not self.private:
+            # a private job's inputs are not stored by the service
             doc["params"] = self.params
         return doc
+
+    def take_result(self) -> str | None:
+        """The result body; a private job's result can be read once, then it is gone."""
+        result = self.result
+        if self.private and result is not None:
+            self.result = ""
+        return result
 
     def metrics(self) -> dict[str, Any]:
         qs = self.quantum_seconds()
@@ -228,9 +237,11 @@ class Scheduler:
         devices: dict[str, Device],
         seed: int | None = None,
         min_job_seconds: float = MIN_RUN_SECONDS,
+        qpu_time: bool = False,
     ) -> None:
         self.devices = devices
         self.min_job_seconds = min_job_seconds
+        self.qpu_time = qpu_time
         self.seed = seed
         self.jobs: dict[str, Job] = {}
         self.sessions: dict[str, Session] = {}
@@ -363,6 +374,7 @@ class Scheduler:
             runtime=runtime,
             seed=seed,
             serial=self._counter,
+            qpu_seconds=qpu_seconds(device, params, prepared.shots) if self.qpu_time else 0.0,
         )
         job.log(f"job queued on {device.name} (program {program_id}, seed {seed})")
         self.jobs[job.id] = job
@@ -462,9 +474,24 @@ class Scheduler:
 
     async def _hold(self, job: Job) -> None:
         """Keep a job Running at least ``min_job_seconds``, unless it is cancelled."""
-        deadline = time.monotonic() + self.min_job_seconds
+        deadline = time.monotonic() + max(self.min_job_seconds, job.qpu_seconds)
         while not job.final and (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(left, 0.05))
+
+
+def qpu_seconds(device: Device, params: Any, shots: int) -> float:
+    """How long the device would take for ``shots``: one repetition delay per shot (the
+    job's ``execution.rep_delay`` option, else the device's ``default_rep_delay``, in µs in
+    the configuration), a lower bound of a real device's time (circuits take microseconds
+    next to the 250 µs delay of the fake Eagles and Heron). 4096 shots: ~1 s."""
+    rep_delay = None
+    options = params.get("options") if isinstance(params, dict) else None
+    execution = options.get("execution") if isinstance(options, dict) else None
+    if isinstance(execution, dict) and isinstance(execution.get("rep_delay"), int | float):
+        rep_delay = float(execution["rep_delay"])
+    if rep_delay is None:
+        rep_delay = float(device.configuration.get("default_rep_delay") or 0.0) * 1e-6
+    return max(0.0, shots * rep_delay)
 
 
 def _kill_pool(lane: Lane) -> None:

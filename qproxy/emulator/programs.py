@@ -161,6 +161,13 @@ def prepare_estimator(device: Device, params: Any) -> Prepared:
     default_precision = float(options.get("default_precision") or DEFAULT_PRECISION)
     if options.get("default_shots"):
         default_precision = 1.0 / math.sqrt(int(options["default_shots"]))
+    twirling = options.get("twirling") or {}
+    randomizations = 1
+    n_rand, per_rand = twirling.get("num_randomizations"), twirling.get("shots_per_randomization")
+    if isinstance(n_rand, int) and isinstance(per_rand, int) and n_rand > 0 and per_rand > 0:
+        # the client's TwirlingOptions: their product takes precedence over default_shots
+        default_precision = 1.0 / math.sqrt(n_rand * per_rand)
+        randomizations = n_rand
     items: list[tuple[Any, Any, Any, float]] = []
     for k, pub in enumerate(pubs):
         circ = flatten_boxes(_circuit_of(pub, k))
@@ -202,6 +209,7 @@ def prepare_estimator(device: Device, params: Any) -> Prepared:
             evs, stds, meta = estimate(
                 device, circ, observables, values, precision, seed + 104729 * k
             )
+            meta["num_randomizations"] = randomizations
             sizes.append(max(1, evs.size) * meta["shots"])
             meta["circuit_metadata"] = dict(circ.metadata or {})
             meta["resilience"] = {}

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from ..runtime_api import parse_time
+from .backends import Device
 from .errors import ApiError
 from .jobs import FINAL_STATES, PENDING_STATES, Scheduler, Session, _new_id, now_iso
 from .programs import PREPARERS, prepare
@@ -38,14 +39,10 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def _parse_time(value: str, name: str) -> float:
-    """ISO 8601; naive values are UTC (the client sends ``local_to_utc(...).isoformat()``)."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, f"Invalid {name}: {value!r}", 1400) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    parsed = parse_time(value)
+    if parsed is None:
+        raise ApiError(400, f"Invalid {name}: {value!r}", 1400)
+    return parsed
 
 
 def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -70,14 +67,21 @@ async def list_backends(request: web.Request) -> web.Response:
     return web.json_response({"devices": devices})
 
 
-async def backend_configuration(request: web.Request) -> web.Response:
+def _calibrated_device(request: web.Request) -> Device:
+    """The named device, if the ``calibration_id`` asked for (if any) is its calibration."""
     device = _sched(request).device(request.match_info["name"])
-    return web.json_response(device.configuration_doc())
+    wanted = request.query.get("calibration_id")
+    if wanted is not None and wanted != device.calibration_id:
+        raise ApiError(404, f"Calibration {wanted!r} not found for backend {device.name}.", 1216)
+    return device
+
+
+async def backend_configuration(request: web.Request) -> web.Response:
+    return web.json_response(_calibrated_device(request).configuration_doc())
 
 
 async def backend_properties(request: web.Request) -> web.Response:
-    device = _sched(request).device(request.match_info["name"])
-    return web.json_response(device.properties_doc())
+    return web.json_response(_calibrated_device(request).properties_doc())
 
 
 async def backend_status(request: web.Request) -> web.Response:
@@ -109,6 +113,10 @@ async def create_job(request: web.Request) -> web.Response:
         if backend != sess.backend:
             raise ApiError(400, f"Session {session_id} runs on {sess.backend}, not {backend}.")
     device = sched.device(backend)
+    calibration_id = body.get("calibration_id")
+    if calibration_id is not None and calibration_id != device.calibration_id:
+        raise ApiError(400, f"Calibration {calibration_id!r} not found for backend "
+                       f"{device.name}.", 1400)
     tags = body.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ApiError(400, "'tags' must be a list of strings.", 1400)
@@ -190,13 +198,14 @@ async def delete_job(request: web.Request) -> web.Response:
 
 async def job_results(request: web.Request) -> web.Response:
     job = _sched(request).get(request.match_info["job_id"])
-    if job.result is None:
+    result = job.take_result()
+    if result is None:
         if job.final:
             # like the real service: a failed job's "result" is its error text (the client
             # reads it to build RuntimeJobFailureError's message)
             return web.Response(text=job.reason or job.state, content_type="text/plain")
         raise ApiError(400, f"Job {job.id} has not finished yet ({job.state}).", 1234)
-    return web.Response(text=job.result, content_type="text/plain")
+    return web.Response(text=result, content_type="text/plain")
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -302,3 +302,83 @@ def test_reader_sees_execution_spans(emulator) -> None:  # type: ignore[no-untyp
     assert not any(j["id"] == job_id for j in reader.jobs_since(t0 - 1, pending=True))
     with pytest.raises(ValueError):
         parse_time("yesterday")
+
+
+def _submit(emulator, h, **body) -> str:  # type: ignore[no-untyped-def]
+    body.setdefault("program_id", "sampler")
+    body.setdefault("backend", "fake_fez")
+    body.setdefault("params", sampler_params(isa_circuit()))
+    r = requests.post(emulator.url + "/api/v1/jobs", json=body, headers=h, timeout=30)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def _wait_final(emulator, h, job_id: str, seconds: float = 300) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        doc = requests.get(f"{emulator.url}/api/v1/jobs/{job_id}", headers=h, timeout=10).json()
+        if doc["status"] in ("Completed", "Failed", "Cancelled"):
+            return dict(doc)
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not final after {seconds} s")
+
+
+def test_backend_list_and_calibration_id(emulator) -> None:  # type: ignore[no-untyped-def]
+    """``physical_qubits`` is in the backend list (the client reads IBMBackend.physical_qubits
+    from it); a calibration id other than the device's is a 404 (documents) or 400 (jobs)."""
+    from qproxy.emulator.backends import Device
+
+    h = auth(emulator)
+    api = emulator.url + "/api/v1"
+    devices = requests.get(api + "/backends", headers=h, timeout=10).json()["devices"]
+    assert {d["name"]: d["physical_qubits"] for d in devices} == {
+        "fake_fez": 156, "fake_torino": 133}  # fmt: skip
+    current = Device("fake_torino", "fake_torino").calibration_id
+    for doc in ("configuration", "properties"):
+        url = f"{api}/backends/fake_torino/{doc}"
+        ok = requests.get(url, params={"calibration_id": current}, headers=h, timeout=10)
+        assert ok.status_code == 200 and ok.json()["backend_name"] == "fake_torino"
+        assert_api_error(
+            requests.get(url, params={"calibration_id": "invalid_id"}, headers=h, timeout=10),
+            404,
+        )
+    bad = requests.post(api + "/jobs", headers=h, timeout=30, json={
+        "program_id": "sampler", "backend": "fake_torino", "calibration_id": "invalid_id",
+        "params": sampler_params(isa_circuit())})  # fmt: skip
+    assert_api_error(bad, 400)
+
+
+def test_private_job_keeps_no_params_and_serves_its_result_once(emulator) -> None:  # type: ignore[no-untyped-def]
+    from qproxy.emulator.reader import EmulatorReader
+
+    assert EmulatorReader(emulator.url, emulator.api_key).wait_warm(300)
+    h = auth(emulator)
+    job_id = _submit(emulator, h, private=True)
+    doc = _wait_final(emulator, h, job_id)
+    assert doc["status"] == "Completed" and doc["private"] is True and "params" not in doc
+    url = f"{emulator.url}/api/v1/jobs/{job_id}/results"
+    first = requests.get(url, headers=h, timeout=10)
+    assert first.status_code == 200 and "PrimitiveResult" in first.text
+    second = requests.get(url, headers=h, timeout=10)
+    assert second.status_code == 200 and second.text == ""
+
+
+def test_qpu_time_keeps_a_job_running_for_its_shots(start_emulator) -> None:  # type: ignore[no-untyped-def]
+    """With --qpu-time a 4096-shot job on a 250 µs-rep-delay device runs >= 1.02 s; a job
+    that asks for a 10 µs rep_delay is held only the minimum."""
+    from qproxy.emulator.reader import EmulatorReader
+
+    emu = start_emulator(backends="fake_manila_v2", lanes="1", extra_args=["--qpu-time"])
+    assert EmulatorReader(emu.url, emu.api_key).wait_warm(300)
+    h = auth(emu)
+    slow = _submit(emu, h, backend="fake_manila_v2", params=sampler_params(isa_circuit(), 4096))
+    fast_params = sampler_params(isa_circuit(), 4096)
+    fast_params["options"] = {"execution": {"rep_delay": 1e-5}}
+    fast = _submit(emu, h, backend="fake_manila_v2", params=fast_params)
+    held = {}
+    for job_id in (slow, fast):
+        _wait_final(emu, h, job_id)
+        m = requests.get(f"{emu.url}/api/v1/jobs/{job_id}/metrics", headers=h, timeout=10)
+        held[job_id] = m.json()["usage"]["quantum_seconds"]
+    assert held[slow] >= 4096 * 250e-6
+    assert held[fast] < 4096 * 250e-6

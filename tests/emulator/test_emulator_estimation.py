@@ -106,3 +106,26 @@ def test_client_estimates_across_all_156_qubits(service, generation) -> None:  #
     assert res.data.evs.shape == (3, 1)
     # device noise (gate errors, relaxation) plus shot noise at the precision asked for
     assert np.max(np.abs(res.data.evs[:, 0] - exact)) < 0.15, (res.data.evs[:, 0], exact)
+
+
+def test_twirling_randomizations_set_the_estimator_shots(service) -> None:  # type: ignore[no-untyped-def]
+    """num_randomizations x shots_per_randomization take precedence over default_shots (the
+    client's TwirlingOptions say so; the client's own integration suite checks 16 x 100)."""
+    from qiskit_ibm_runtime import EstimatorV2
+
+    torino = service.backend("fake_torino")
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    isa = generate_preset_pass_manager(optimization_level=1, backend=torino).run(qc)
+    zz = SparsePauliOp("ZZ").apply_layout(isa.layout)
+    estimator = EstimatorV2(mode=torino)
+    estimator.options.default_shots = 400
+    estimator.options.twirling.enable_gates = True
+    estimator.options.twirling.num_randomizations = 16
+    estimator.options.twirling.shots_per_randomization = 100
+    meta = estimator.run([(isa, zz)]).result()[0].metadata
+    assert meta["shots"] == 1600 and meta["num_randomizations"] == 16
+    estimator = EstimatorV2(mode=torino)
+    estimator.options.default_shots = 400
+    assert estimator.run([(isa, zz)]).result()[0].metadata["shots"] == 400

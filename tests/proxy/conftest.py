@@ -67,7 +67,16 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-def write_config(emulator: Any, d: Path, proxy_extra: str = "") -> Path:
+# resource name -> (upstream backend name, lanes): what the proxy tests configure by default
+DEFAULT_RESOURCES = {"ibm_fez": ("fake_fez", 4), "ibm_torino": ("fake_torino", 1)}
+
+
+def write_config(
+    emulator: Any,
+    d: Path,
+    proxy_extra: str = "",
+    resources: dict[str, tuple[str, int]] | None = None,
+) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     secrets = d / "secrets.toml"
     secrets.write_text(f'[secrets]\nemu = "{emulator.api_key}"\n')
@@ -91,17 +100,11 @@ url = "{emulator.url}/api/v1"
 iam_url = "{emulator.url}"
 instance = "{emulator.instance}"
 api_key_secret = "emu"
-
-[resources.ibm_fez]
-upstream = "emu"
-backend = "fake_fez"
-lanes = 4
-
-[resources.ibm_torino]
-upstream = "emu"
-backend = "fake_torino"
-lanes = 1
 """
+        + "".join(
+            f'\n[resources."{name}"]\nupstream = "emu"\nbackend = "{backend}"\nlanes = {lanes}\n'
+            for name, (backend, lanes) in (resources or DEFAULT_RESOURCES).items()
+        )
     )
     return conf
 
@@ -116,8 +119,9 @@ def start_proxy(
     lanes: int = 2,
     end_time: float | None = None,
     proxy_extra: str = "",
+    resources: dict[str, tuple[str, int]] | None = None,
 ) -> Proxy:
-    conf = write_config(emulator, d, proxy_extra)
+    conf = write_config(emulator, d, proxy_extra, resources)
     env_file = d / "job" / "env"
     args = [
         sys.executable,

@@ -22,7 +22,7 @@ from qproxy.proxy.context import CTX, JobContext
 from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.policy.tags import merge_tags
 from qproxy.proxy.upstream import jsonx
-from qproxy.runtime_api import is_final, job_status
+from qproxy.runtime_api import is_final, job_status, parse_time
 
 CHUNK = 64 * 1024
 # Request headers from the job worth passing upstream (never Authorization / Service-CRN).
@@ -321,6 +321,13 @@ def _matches(job: dict[str, Any], q: Any) -> bool:
     tags = q.getall("tags", [])
     if tags and not set(tags) <= set(job.get("tags") or []):
         return False
+    created = parse_time(str(job.get("created", "")))
+    for name, after in (("created_after", True), ("created_before", False)):
+        if name in q:
+            if (bound := parse_time(q[name])) is None:
+                raise PolicyError(400, f"{name} is not an ISO 8601 time: {q[name][:40]!r}")
+            if created is None or (created < bound if after else created > bound):
+                return False
     return True
 
 
@@ -328,8 +335,13 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
     """Built from this job's own ids (never upstream's instance-wide list)."""
     ctx = ctx_of(request)
     sem = asyncio.Semaphore(8)
-    docs = await asyncio.gather(*(_fetch_job(ctx, j, sem) for j in list(ctx.owned.jobs)))
     q = request.query
+    ids = list(ctx.owned.jobs)
+    if q.get("pending") == "true":
+        # a final state is final: only jobs not yet seen final can be pending (with 100+
+        # jobs, fetching each one took long enough for a running job to finish meanwhile)
+        ids = [j for j in ids if not is_final(ctx.owned.jobs[j])]
+    docs = await asyncio.gather(*(_fetch_job(ctx, j, sem) for j in ids))
     jobs = [d for d in docs if d is not None and _matches(d, q)]
     jobs.sort(key=lambda d: str(d.get("created", "")), reverse=q.get("sort") != "ASC")
     try:
