@@ -19,10 +19,20 @@ pytestmark = pytest.mark.slurm
 PY = sys.executable
 
 
-def _calls(upstream: EmulatorReader, t0: float) -> list[set[str]]:
-    """The slurm_job tags of the upstream jobs since t0 (one per primitive call)."""
-    return [{t for t in j.get("tags") or [] if t.startswith("slurm_job:")}
-            for j in upstream.jobs_since(t0 - 2)]
+def _last_job(cluster: Cluster) -> int:
+    """The newest Slurm job id the controller knows (finished ones stay for MinJobAge)."""
+    out = cluster.as_user("scontrol", "-o", "show", "job").stdout
+    return max((int(w[6:]) for w in out.split() if w.startswith("JobId=") and w[6:].isdigit()),
+               default=0)
+
+
+def _calls(upstream: EmulatorReader, t0: float, after_job: int) -> list[set[str]]:
+    """The slurm_job tags of the upstream jobs since t0 (one per primitive call) whose Slurm
+    job is newer than ``after_job``: the time window alone (with its slack for the emulator's
+    clock) also caught the previous test's last upstream job."""
+    calls = [{t for t in j.get("tags") or [] if t.startswith("slurm_job:")}
+             for j in upstream.jobs_since(t0 - 2)]
+    return [c for c in calls if not c or max(int(t.split(":")[1]) for t in c) > after_job]
 
 
 def test_seed_example_each_call_a_job(qpu_cluster: Cluster,
@@ -30,18 +40,18 @@ def test_seed_example_each_call_a_job(qpu_cluster: Cluster,
     wd = qpu_cluster.workdir()
     copy_example(wd, qpu_cluster.user)
     env = {"QPU_BACKEND": "ibm_fez", "HYBRID_ROUNDS": "2", "PYTHONWARNINGS": "ignore"}
-    t0 = time.time()
+    t0, before = time.time(), _last_job(qpu_cluster)
     proc = qpu_cluster.as_user(PY, "program.py", cwd=wd, env=env, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[0] == "Sampler(backend='ibm_fez', mode='slurm')"
     res = summary(proc.stdout)
     assert res["mode"] == "slurm" and res["backend"] == "ibm_fez", res
     assert_bell(res, 500 + 1000)
-    tags = _calls(cluster_upstream, t0)
+    tags = _calls(cluster_upstream, t0, before)
     assert len(tags) == 3 and all(len(t) == 1 for t in tags), tags
     assert len(set().union(*tags)) == 3, tags  # three calls, three Slurm jobs
     # the same program in a batch job without lanes: the same mode, from inside Slurm
-    t1 = time.time()
+    t1, before = time.time(), _last_job(qpu_cluster)
     proc = qpu_cluster.as_user("sbatch", "--parsable", "-o", "noqpu.out", "job-noqpu.sh",
                                cwd=wd, env={"HYBRID_ROUNDS": "1", "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr
@@ -53,7 +63,7 @@ def test_seed_example_each_call_a_job(qpu_cluster: Cluster,
     res = summary(out)
     assert res["mode"] == "slurm", res
     assert_bell(res, 500)
-    tags = _calls(cluster_upstream, t1)
+    tags = _calls(cluster_upstream, t1, before)
     assert len(tags) == 2 and f"slurm_job:{job_id}" not in set().union(*tags), tags
 
 
