@@ -41,7 +41,8 @@ def wait_until(what: str, ok: object, timeout: float = 30) -> None:
 @pytest.fixture
 def monitor(qpu_cluster: Cluster) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qproxy", "monitor", "--config", str(qpu_cluster.config),
+        [*slurm_exec(), sys.executable, "-m", "qproxy", "monitor", "--config",
+         str(qpu_cluster.config),
          "--interval", "1", "--confirm", "1", "--resources", "ibm_fez"],
         env={**qpu_cluster.env, "PATH": f"{qpu_cluster.env['PATH']}:/usr/sbin:/usr/bin"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

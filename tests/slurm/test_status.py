@@ -16,7 +16,7 @@ from typing import Any
 
 from qproxy.config import load
 from qproxy.slurm import lease
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, slurm_exec
 
 # One upstream sampler job long enough to be seen running (2 x 1M shots: ~9 s in the emulator
 # here once warm; its first job on a fresh emulator also waits for the device model), then
@@ -38,8 +38,9 @@ pathlib.Path("done").write_text(job.job_id())
 
 def status(cluster: Cluster, *extra: str) -> tuple[int, dict[str, Any]]:
     out = subprocess.run(
-        [sys.executable, "-m", "qproxy", "status", "--config", str(cluster.config), "--json",
-         *extra], env=cluster.env, capture_output=True, text=True, timeout=60)
+        [*slurm_exec(), sys.executable, "-m", "qproxy", "status", "--config",
+         str(cluster.config), "--json", *extra], env=cluster.env, capture_output=True,
+        text=True, timeout=60)
     assert out.returncode in (0, 1), out.stderr
     return out.returncode, json.loads(out.stdout)
 
@@ -83,7 +84,8 @@ def test_status_shows_running_job_with_its_lanes(qpu_cluster: Cluster) -> None:
         assert doc["slurm"] == "ok" and not [q for q in doc["problems"]
                                              if q["job_id"] == job.id], doc["problems"]
         text = subprocess.run(
-            [sys.executable, "-m", "qproxy", "status", "--config", str(qpu_cluster.config)],
+            [*slurm_exec(), sys.executable, "-m", "qproxy", "status", "--config",
+             str(qpu_cluster.config)],
             env=qpu_cluster.env, capture_output=True, text=True, timeout=60).stdout
         row = next(ln for ln in text.splitlines() if ln.strip().startswith(job.id + " "))
         assert " 2/1 " in row and "ibm_fez" in row, text
@@ -109,8 +111,9 @@ def test_status_shows_running_job_with_its_lanes(qpu_cluster: Cluster) -> None:
     assert proxy_of(status(qpu_cluster, "--no-devices")[1], job.id) is None
     # and `qproxy usage` books it (this cluster has no slurmdbd: the line's own times)
     out = subprocess.run(
-        [sys.executable, "-m", "qproxy", "usage", "--config", str(qpu_cluster.config),
-         "--json"], env=qpu_cluster.env, capture_output=True, text=True, timeout=60)
+        [*slurm_exec(), sys.executable, "-m", "qproxy", "usage", "--config",
+         str(qpu_cluster.config), "--json"], env=qpu_cluster.env, capture_output=True,
+        text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     run = next(r for r in doc["runs"] if r["job_id"] == job.id)
@@ -153,16 +156,16 @@ def test_inconsistent_states_get_a_line_and_reap_does_what_it_says(
             f"stops pid {orphan.pid}"
         assert proxy_of(doc, job.id)["alive"] is False  # type: ignore[index]
         text = subprocess.run(
-            [sys.executable, "-m", "qproxy", "status", "--config", str(qpu_cluster.config),
-             "--no-devices"], env=qpu_cluster.env, capture_output=True, text=True,
-            timeout=60).stdout
+            [*slurm_exec(), sys.executable, "-m", "qproxy", "status", "--config",
+             str(qpu_cluster.config), "--no-devices"], env=qpu_cluster.env,
+            capture_output=True, text=True, timeout=60).stdout
         assert (f"! job {job.id}: record without a process (pid {rec['pid']} is not this "
                 f"job's proxy) -> reap: leaves it: Slurm still runs the job") in text, text
         assert f"! job {stale}: lease without a job (1 lane(s) of ibm_torino) -> reap: " \
                "releases the lease" in text, text
 
         reap = subprocess.run(
-            [sys.executable, "-m", "qproxy", "hook", "reap", "--config",
+            [*slurm_exec(), sys.executable, "-m", "qproxy", "hook", "reap", "--config",
              str(qpu_cluster.config)], env=qpu_cluster.env, capture_output=True, text=True,
             timeout=60)
         assert reap.returncode == 0, reap.stderr

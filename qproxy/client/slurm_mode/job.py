@@ -160,6 +160,29 @@ class SlurmPrimitiveJob(BasePrimitiveJob[Any, SlurmJobStatus]):
     def in_final_state(self) -> bool:
         return self.status() in FINAL
 
+    def _remove_jobdir(self) -> None:
+        """Remove the job's directory. The result file can appear while the Slurm job is still
+        ending, and its step may write its output file into the directory during the removal
+        (seen on 24.11: the directory stayed, holding that file): then try again, off the
+        caller's path, once Slurm reports the job final (bounded; not a daemon thread, so a
+        program that exits right away still leaves nothing behind)."""
+        shutil.rmtree(self.jobdir, ignore_errors=True)
+        if not self.jobdir.exists():
+            return
+
+        def later() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if self._refresh() in FINAL:
+                        break
+                except SlurmError:
+                    pass
+                time.sleep(0.5)
+            shutil.rmtree(self.jobdir, ignore_errors=True)
+
+        threading.Thread(target=later, name=f"rm-{self.job_id()}").start()
+
     # ------------------------------------------------------------------ result
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and load its PrimitiveResult; raise the matching
@@ -176,7 +199,7 @@ class SlurmPrimitiveJob(BasePrimitiveJob[Any, SlurmJobStatus]):
                     self._result = read_result(path)
                     self._set(SlurmJobStatus.DONE)
                     if not self._keep:
-                        shutil.rmtree(self.jobdir, ignore_errors=True)
+                        self._remove_jobdir()
                     return self._result
                 now = time.monotonic()
                 if now >= next_slurm or self._status in FINAL:
