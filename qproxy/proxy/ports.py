@@ -36,6 +36,19 @@ def privileged(high: int) -> str | None:
     return None
 
 
+def bind_privileged(host: str, ports: tuple[int, int], setting: str,
+                    what: str = "proxy") -> socket.socket:
+    """``bind_first_free`` on ``ports`` once they are known to be privileged here; else
+    ConfigError naming ``setting`` (a proxy must not serve where any user could take over
+    its port)."""
+    from qproxy.config import ConfigError
+
+    problem = privileged(ports[1])
+    if problem:
+        raise ConfigError(f"{setting}: {problem}")
+    return bind_first_free(host, *ports, what=what)
+
+
 def _named(port: int) -> bool:
     try:
         socket.getservbyport(port, "tcp")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qproxy.config import Config, ConfigError, port_range
-from qproxy.proxy.ports import bind_first_free, privileged
+from qproxy.proxy.ports import bind_privileged
 from qproxy.secrets import SecretsError, check_private
 
 RELAY_HEADER = "X-QProxy-Relay"
@@ -120,8 +120,5 @@ def open_listener(args: argparse.Namespace, conf: Config) -> RelayListener | Non
     if ports is None:
         raise ConfigError(f"relay ports must be LOW-HIGH within 1-1023, got {text!r}")
     key = load_cluster_key(conf.cluster_key_file)
-    problem = privileged(ports[1])
-    if problem:
-        raise ConfigError(f"relay ports {text}: {problem}")
-    sock = bind_first_free(args.relay_listen, *ports, what="relay")
+    sock = bind_privileged(args.relay_listen, ports, f"relay ports {text}", what="relay")
     return RelayListener(sock, key, args.job_id)

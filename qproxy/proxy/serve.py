@@ -217,13 +217,10 @@ def listen(px: cfg.ProxySettings, port: int | None) -> socket.socket:
     the first free port of ``[proxy].ports`` (privileged, see qproxy.proxy.ports); a given
     port (0 = any) is for tests and tools run by hand."""
     if port is None:
-        from qproxy.proxy.ports import bind_first_free, privileged
+        from qproxy.proxy.ports import bind_privileged
 
-        low, high = cfg.port_range(px.ports) or (0, 0)
-        problem = privileged(high)
-        if problem:
-            raise cfg.ConfigError(f"[proxy] ports {px.ports}: {problem}")
-        return bind_first_free(px.host, low, high)
+        return bind_privileged(px.host, cfg.port_range(px.ports) or (0, 0),
+                               f"[proxy] ports {px.ports}")
     family = socket.AF_INET6 if ":" in px.host else socket.AF_INET
     sock = socket.create_server((px.host, port), family=family, backlog=128)
     sock.setblocking(False)

@@ -54,27 +54,30 @@ class JobState:
         ensure_private_dir(self.root.parent)
         ensure_private_dir(self.root)
 
-    def set_error(self, message: str) -> None:
-        """The one line the job's tasks will print before failing."""
+    def _set_line(self, path: Path, message: str) -> None:
         self.create()
-        write_private(self.error, message.replace("\n", " ").strip() + "\n")
+        write_private(path, message.replace("\n", " ").strip() + "\n")
 
-    def read_error(self) -> str | None:
+    @staticmethod
+    def _read_line(path: Path) -> str | None:
         try:
-            return self.error.read_text().strip() or None
+            return path.read_text().strip() or None
         except OSError:
             return None
+
+    def set_error(self, message: str) -> None:
+        """The one line the job's tasks will print before failing."""
+        self._set_line(self.error, message)
+
+    def read_error(self) -> str | None:
+        return self._read_line(self.error)
 
     def set_note(self, message: str) -> None:
         """This job runs on this node without a QPU, by design (no error for its tasks)."""
-        self.create()
-        write_private(self.note, message.replace("\n", " ").strip() + "\n")
+        self._set_line(self.note, message)
 
     def read_note(self) -> str | None:
-        try:
-            return self.note.read_text().strip() or None
-        except OSError:
-            return None
+        return self._read_line(self.note)
 
     def write_record(self, record: ProxyRecord) -> None:
         write_private(self.record, record.to_json())

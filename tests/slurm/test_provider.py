@@ -10,7 +10,7 @@ import time
 
 from qproxy.emulator.reader import EmulatorReader
 from tests.support.cluster import Cluster
-from tests.support.provider import assert_bell, copy_example, summary
+from tests.support.provider import assert_bell, copy_example, run_example_job
 
 PY = sys.executable
 
@@ -20,15 +20,7 @@ def test_seed_example_in_a_qpu_job(qpu_cluster: Cluster,
     t0 = time.time()
     wd = qpu_cluster.workdir()
     copy_example(wd, qpu_cluster.user)
-    proc = qpu_cluster.as_user("sbatch", "--parsable", "-o", "out.txt", "job.sh", cwd=wd,
-                               env={"HYBRID_ROUNDS": "2", "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr
-    job_id = proc.stdout.strip().split(";")[0]
-    fields = qpu_cluster.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"},
-                                    timeout=300)
-    out = (wd / "out.txt").read_text()
-    assert fields["JobState"] == "COMPLETED", out
-    res = summary(out)
+    job_id, res = run_example_job(qpu_cluster, wd, "job.sh", "out.txt", 2, 300)
     assert res["mode"] == "job" and res["backend"] == "ibm_fez", res
     assert_bell(res, 500 + 1000)
     # every call went through this job's proxy (its tag), none as a job of its own

@@ -12,7 +12,7 @@ import pytest
 
 from qproxy.emulator.reader import EmulatorReader
 from tests.support.cluster import Cluster
-from tests.support.provider import assert_bell, copy_example, summary
+from tests.support.provider import assert_bell, copy_example, run_example_job, summary
 
 pytestmark = pytest.mark.slurm
 
@@ -52,15 +52,7 @@ def test_seed_example_each_call_a_job(qpu_cluster: Cluster,
     assert len(set().union(*tags)) == 3, tags  # three calls, three Slurm jobs
     # the same program in a batch job without lanes: the same mode, from inside Slurm
     t1, before = time.time(), _last_job(qpu_cluster)
-    proc = qpu_cluster.as_user("sbatch", "--parsable", "-o", "noqpu.out", "job-noqpu.sh",
-                               cwd=wd, env={"HYBRID_ROUNDS": "1", "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr
-    job_id = proc.stdout.strip().split(";")[0]
-    fields = qpu_cluster.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"},
-                                    timeout=400)
-    out = (wd / "noqpu.out").read_text()
-    assert fields["JobState"] == "COMPLETED", out
-    res = summary(out)
+    job_id, res = run_example_job(qpu_cluster, wd, "job-noqpu.sh", "noqpu.out", 1, 400)
     assert res["mode"] == "slurm", res
     assert_bell(res, 500)
     tags = _calls(cluster_upstream, t1, before)

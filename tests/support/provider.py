@@ -34,3 +34,18 @@ def assert_bell(res: dict[str, Any], shots: int) -> None:
     assert odd <= 0.08 * shots, res  # ideal 0; device noise
     assert min(counts.get("00", 0), counts.get("11", 0)) >= 0.4 * shots, res  # ideal 0.5 each
     assert 0.85 < res["zz"] <= 1.0, res  # <ZZ> ideal 1
+
+
+def run_example_job(cluster: Any, workdir: Path, script: str, output: str, rounds: int,
+                    timeout: float) -> tuple[str, dict[str, Any]]:
+    """Submit one of the example's job scripts as the job user, wait for it to end and
+    return its id and its summary line; it must have COMPLETED."""
+    proc = cluster.as_user("sbatch", "--parsable", "-o", output, script, cwd=workdir,
+                           env={"HYBRID_ROUNDS": str(rounds), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    fields = cluster.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"},
+                                timeout=timeout)
+    out = (workdir / output).read_text()
+    assert fields["JobState"] == "COMPLETED", out
+    return job_id, summary(out)
