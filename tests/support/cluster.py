@@ -156,7 +156,8 @@ class Cluster:
             if fields.get("JobState") in states and reason in (None, fields.get("Reason")):
                 return fields
             time.sleep(0.2)
-        raise AssertionError(f"job {job_id} never reached {states}: {fields.get('JobState')}")
+        raise AssertionError(f"job {job_id} never reached {states} (reason {reason}): "
+                             f"{fields.get('JobState')} {fields.get('Reason')}")
 
     def wait_gone(self, job_id: str, timeout: float = 60) -> None:
         """Until the epilog has torn the job's QPU state down."""
