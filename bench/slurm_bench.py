@@ -1,22 +1,39 @@
-"""Benchmark 6: Slurm job turnaround with and without a QPU.
+"""Benchmark 6: Slurm job turnaround with and without a QPU, on every Slurm the tests run.
 
 `sbatch` to COMPLETED (past the epilog) for a trivial job, as the cluster's job user, with
 `--gres=qpu:1 --q_backend=ibm_fez` (prolog starts a proxy, task init injects its env, epilog
-tears it down) vs the same job without them; alternated, medians of >= 10 each.
+tears it down) vs the same job without them; alternated, medians of >= 15 each. The host's
+Slurm (22.05) in this process; 24.11 and 26.05 each in a child process inside its chroot's
+network namespace (``python -m bench.slurm_bench`` there prints its rows as JSON), as
+scripts/test runs their tests.
+
+Where the added time goes (each hook logs it in hooks.log: "prolog hook took N ms, M of them
+Python's start and imports"): three Python processes in series (prolog, task init, epilog)
+at ~140 ms each to start and import on this machine (60 ms of that is `site`: this sandbox's
+certifi .pth and the editable install's finder), plus ~90 ms of prolog work (squeue, spare
+claim, scontrol update) and ~40 ms of epilog work.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import alternate, median
+from bench.common import REPO, alternate, median
 from qproxy.emulator.reader import EmulatorReader
-from tests.support.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
+from tests.support.cluster import EMULATOR_URL, STATE, SUITE, Cluster, cluster_cmd, cluster_env
+
+SLURMROOT = REPO / "scripts" / "slurmroot"
+OTHER_SUITES = ("trixie", "sid")  # Slurm 24.11 and 26.05 (scripts/test's DEFAULT_SUITES)
+TARGET_MS = 150
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 
@@ -24,8 +41,24 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
 _env = cluster_env
 
 
+def _scontrol() -> list[str]:
+    """This cluster's scontrol; a chroot's directly (not `slurmroot exec`, a Python start per
+    poll), as this process already runs in that chroot's network namespace."""
+    if SUITE == "host":
+        return ["scontrol"]
+    root = subprocess.run([sys.executable, str(SLURMROOT), "path", SUITE], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    return [shutil.which("chroot", path="/usr/sbin:/sbin:/usr/bin") or "chroot", root,
+            "scontrol"]
+
+
+SCONTROL: list[str] = []
+
+
 def _state(job_id: str) -> str:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=_env(),
+    if not SCONTROL:
+        SCONTROL.extend(_scontrol())
+    out = subprocess.run([*SCONTROL, "-o", "show", "job", job_id], env=_env(),
                          capture_output=True, text=True, check=False).stdout
     m = re.search(r"JobState=(\S+)", out)
     return m.group(1) if m else ""
@@ -73,12 +106,14 @@ def turnaround(workdir: Path, qpu: bool, alloc: list[float] | None = None) -> fl
     raise TimeoutError(f"job {job_id} did not finish")
 
 
-def run(work: Path, quick: bool) -> list[dict[str, Any]]:
+def measure(quick: bool) -> list[dict[str, Any]]:
+    """Section 6 on this process's cluster (SUITE)."""
     cluster_cmd("up", check=True, stdout=subprocess.DEVNULL)
     # a just-started emulator builds its noise models for ~20-30 s of CPU; the hooks measured
     # here are short Python processes that would be timed against that on 2 cores
     cluster = Cluster(STATE, _env())
     EmulatorReader(EMULATOR_URL, cluster.vendor_secret()).wait_warm(300)
+    version = cluster.as_user("sbatch", "--version").stdout.split()[-1]
     workdir = cluster.workdir()
     script = workdir / "trivial.sh"
     script.write_text("#!/bin/bash\ntrue\n")
@@ -92,13 +127,59 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     added = (median(s) - median(b)) * 1000
     a_added = (median(asub) - median(ab)) * 1000
     return [{
-        "bench": "6. sbatch->COMPLETED",
+        "bench": f"6. sbatch->COMPLETED, Slurm {version}",
         "baseline_ms": round(median(b) * 1000), "subject_ms": round(median(s) * 1000),
         "added_ms": round(added), "ratio": round(median(s) / median(b), 3),
-        "target": "<= 300 ms added", "ok": added <= 300,
+        "target": "info (includes sbatch's own start)", "ok": True,
     }, {
-        "bench": "6. allocation->COMPLETED",
+        "bench": f"6. allocation->COMPLETED, Slurm {version}",
         "baseline_ms": round(median(ab) * 1000), "subject_ms": round(median(asub) * 1000),
         "added_ms": round(a_added), "ratio": round(median(asub) / median(ab), 3),
-        "target": "<= 300 ms added", "ok": a_added <= 300,
+        "target": f"<= {TARGET_MS} ms added", "ok": a_added <= TARGET_MS,
     }]
+
+
+def _in_chroot(suite: str, quick: bool) -> list[dict[str, Any]]:
+    """measure() on SUITE's Slurm, in a child inside its namespace; cleaned up either way."""
+    env = dict(os.environ, QPROXY_CLUSTER_SLURM=suite)
+    env.pop("QPROXY_CLUSTER_DIR", None)
+    try:
+        for step in ("build", "netns"):
+            done = subprocess.run([sys.executable, str(SLURMROOT), step, suite],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"slurmroot {step} {suite}: {done.stderr.strip()[-300:]}")
+        proc = subprocess.run(
+            ["ip", "netns", "exec", f"qproxy-{suite}", sys.executable, "-m", "bench.slurm_bench",
+             *(["--quick"] if quick else [])], cwd=REPO, env=env, capture_output=True,
+            text=True, timeout=1800, check=False)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"section 6 on {suite} exited {proc.returncode}: "
+                               f"{proc.stderr.strip()[-300:]}")
+        rows: list[dict[str, Any]] = json.loads(lines[-1])
+        return rows
+    finally:
+        subprocess.run([sys.executable, str(REPO / "scripts" / "cluster"), "down", "--slurm",
+                        suite], env=env, check=False, capture_output=True)
+        subprocess.run([sys.executable, str(SLURMROOT), "umount", suite], check=False,
+                       capture_output=True)
+
+
+def run(work: Path, quick: bool) -> list[dict[str, Any]]:
+    rows = measure(quick)
+    for suite in OTHER_SUITES:
+        if os.geteuid() != 0:
+            rows.append({"bench": f"6. allocation->COMPLETED ({suite})", "ok": False,
+                         "error": "not root: no chroot or namespace"})
+            continue
+        try:
+            rows.extend(_in_chroot(suite, quick))
+        except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            rows.append({"bench": f"6. allocation->COMPLETED ({suite})", "ok": False,
+                         "error": str(exc)})
+    return rows
+
+
+if __name__ == "__main__":  # inside a chroot suite's namespace (see _in_chroot)
+    print(json.dumps(measure("--quick" in sys.argv[1:])))

@@ -4,26 +4,24 @@ text format -- on stdout, into node_exporter's textfile collector directory
 
 Each job's proxy writes its own figures to ``{state_dir}/<job>/metrics.prom`` (root-only,
 qproxy/proxy/metrics.py). Here they are summed per resource: counters and histograms over
-every proxy this node has run (the epilog folds an ended proxy's final figures into
-``{state_dir}/metrics-retired.prom``, so totals never go down when a job ends), gauges over
+every proxy this node has run (the epilog retires an ended proxy's final file, and the next
+read folds it into ``{state_dir}/metrics-retired.prom``, so totals never go down when a job
+ends; qproxy.admin.metricsstore), gauges over
 the live proxies only; ``qproxy_proxies_alive`` counts those. The output names no job and no
 user, so it may be world-readable (node_exporter runs as its own user).
 
-Folding and reading hold ``{state_dir}/metrics.lock`` (exclusive / shared), so a scrape never
-sees an ended proxy's figures twice or not at all.
+Retiring, folding and reading hold ``{state_dir}/metrics.lock`` (exclusively), so a scrape
+never sees an ended proxy's figures twice or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import ipaddress
 import json
-import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +30,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from qproxy import config as cfg
+from qproxy.admin.metricsstore import FOLDED_MARK, LIVE_FILE, RETIRED_FILE, locked, pending_files
 from qproxy.files import atomic_write
 from qproxy.proxy.process import alive
-from qproxy.records import METRICS_FILE
 
-LIVE_FILE = METRICS_FILE  # in each job's state dir, written by its proxy
-RETIRED_FILE = "metrics-retired.prom"
-LOCK_FILE = "metrics.lock"
 # Gauges that describe the present: taken from live proxies only, 0 for an idle resource.
 PRESENT = {"qproxy_lanes_allocated": "QPU lanes the running Slurm jobs hold",
            "qproxy_lanes_busy": "lanes with an upstream job queued or running (or being "
                                 "submitted)",
            "qproxy_proxies_alive": "job proxies running on this node"}
-
-
-@contextmanager
-def _locked(state_dir: Path, exclusive: bool) -> Iterator[None]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _read(path: Path) -> str:
@@ -123,20 +107,25 @@ class Merged:
         return generate_latest(registry)
 
 
-def fold(state_dir: Path, job_dir: Path) -> bool:
-    """An ended proxy's final counters and histograms into the node's retired totals, and its
-    file removed, in one locked step (the epilog, before it removes the job's directory)."""
-    live = job_dir / LIVE_FILE
-    if not live.exists():
-        return False
-    with _locked(state_dir, exclusive=True):
+def fold(state_dir: Path) -> int:
+    """Fold the retired proxies' files (qproxy.admin.metricsstore.retire) into the node's
+    totals and remove them; the caller holds the lock exclusively. Returns how many."""
+    retired = _read(state_dir / RETIRED_FILE)
+    first, _, _ = retired.partition("\n")
+    done = set(first[len(FOLDED_MARK):].split()) if first.startswith(FOLDED_MARK) else set()
+    files = pending_files(state_dir)
+    new = [f for f in files if f.name not in done]
+    if new:
         merged = Merged()
-        merged.add(_read(state_dir / RETIRED_FILE), gauges=False)
-        merged.add(_read(live), gauges=False)
-        atomic_write(state_dir / RETIRED_FILE, merged.text(("counter", "histogram")),
+        merged.add(retired, gauges=False)
+        for f in new:
+            merged.add(_read(f), gauges=False)
+        mark = (FOLDED_MARK + " ".join(f.name for f in new) + "\n").encode()
+        atomic_write(state_dir / RETIRED_FILE, mark + merged.text(("counter", "histogram")),
                      fsync=False)
-        live.unlink(missing_ok=True)
-    return True
+    for f in files:
+        f.unlink(missing_ok=True)
+    return len(new)
 
 
 def _proxy_pid(job_dir: Path) -> tuple[int, str] | None:
@@ -154,7 +143,8 @@ def collect(conf: cfg.Config) -> Merged:
     for name in sorted(conf.resources):  # an idle resource shows 0, not nothing
         for gauge in PRESENT:
             merged.set_gauge(gauge, {"resource": name}, 0.0)
-    with _locked(state, exclusive=False):
+    with locked(state, exclusive=True):
+        fold(state)
         merged.add(_read(state / RETIRED_FILE), gauges=False)
         try:
             dirs = sorted(p for p in state.iterdir() if p.name.isdigit() and p.is_dir())

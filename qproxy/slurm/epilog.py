@@ -127,10 +127,10 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         log.exception("job %s: keeping the proxy log failed", job_id)
     if job.metrics.exists():  # the node's totals keep the ended proxy's
         try:
-            from qproxy.admin.metrics import fold
+            from qproxy.admin.metricsstore import retire
 
-            fold(config.state_dir, job.root)
-        except Exception:
-            log.exception("job %s: folding its metrics failed", job_id)
+            retire(config.state_dir, job.root)
+        except OSError:
+            log.exception("job %s: retiring its metrics failed", job_id)
     job.remove()
     return usage

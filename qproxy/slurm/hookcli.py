@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from dataclasses import asdict
 
 from qproxy.config import DEFAULT_CONFIG_PATH, ConfigError, load
@@ -33,7 +35,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _since_exec_ms() -> float:
+    """Milliseconds since this process started (/proc start time, 10 ms ticks): the hooks'
+    own cost includes the interpreter's start and imports, which is most of it."""
+    from qproxy.proxy.process import start_ticks
+
+    ticks = start_ticks(os.getpid())
+    if ticks is None:
+        return 0.0
+    return (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")) * 1000
+
+
 def main(argv: list[str]) -> int:
+    entered = _since_exec_ms()
+    rc = _main(argv)
+    if argv and argv[0] in ("prolog", "epilog"):
+        job = argv[argv.index("--job-id") + 1] if "--job-id" in argv[:-1] else "?"
+        log.info("job %s: %s hook took %.0f ms, %.0f of them Python's start and imports",
+                 job, argv[0], _since_exec_ms(), entered)
+    return rc
+
+
+def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if not str(getattr(args, "job_id", "0")).isdigit():
         print(f"bad job id {args.job_id!r}")

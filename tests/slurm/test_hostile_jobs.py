@@ -22,6 +22,7 @@ from qproxy.proxy.process import serve_options
 from qproxy.records import ProxyRecord
 from qproxy.slurm.proxyproc import is_our_proxy
 from tests.support.cluster import Cluster, Job
+from tests.support.waiting import wait_for
 
 SUPPORT = Path(__file__).parents[1] / "support"
 TOOL = SUPPORT / "jobtool.py"
@@ -37,10 +38,7 @@ def neighbour(qpu_cluster: Cluster) -> Cluster:
 
 
 def _wait_file(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.2)
+    wait_for(path.exists, timeout, f"{path} to appear", 0.2)
 
 
 def _victim(cluster: Cluster, steps: str = "") -> tuple[Job, dict[str, str]]:

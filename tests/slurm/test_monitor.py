@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.cluster import EMULATOR_URL, Cluster, slurm_exec
+from tests.support.waiting import wait_for
 
 RES = "qpu_down_ibm_fez"
 
@@ -29,13 +30,6 @@ def device(cluster: Cluster, status: str, message: str = "") -> str:
 def reservations(cluster: Cluster) -> str:
     return subprocess.run([*slurm_exec(), "scontrol", "-o", "show", "reservation"],
                           env=cluster.env, capture_output=True, text=True, check=False).stdout
-
-
-def wait_until(what: str, ok: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 @pytest.fixture
@@ -65,14 +59,14 @@ def test_offline_device_holds_new_jobs_only(qpu_cluster: Cluster,
     try:
         c.wait_state(running.id, {"RUNNING"})
         assert "offline" in device(c, "offline", "calibration")
-        wait_until("the reservation", lambda: RES in reservations(c))
+        wait_for(lambda: RES in reservations(c), 30, "the reservation")
         assert "Licenses=ibm_fez:2" in reservations(c)
         # one licence is free, so without the monitor this job would start at once
         new = c.sbatch("echo NEW-JOB-RAN\n", "--q_backend=ibm_fez", "-L", "ibm_fez:1",
                        wait=False)
         c.wait_state(new.id, {"PENDING"}, timeout=20, reason="Licenses")
-        wait_until("the job's note", lambda: "offline: calibration" in c.as_user(
-            "scontrol", "show", "job", new.id).stdout)  # type: ignore[union-attr]
+        wait_for(lambda: "offline: calibration" in c.as_user(
+            "scontrol", "show", "job", new.id).stdout, 30, "the job's note")
         shown = c.as_user("scontrol", "show", "job", new.id).stdout
         assert "unavailable since" in shown and "qproxy monitor" in shown
         # writing the note is a job update, after which slurmctld shows Reason=None until its

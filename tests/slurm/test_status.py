@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from qproxy.config import load
 from qproxy.slurm import lease
 from tests.support.cluster import Cluster, slurm_exec
+from tests.support.waiting import wait_for
 
 # One upstream sampler job long enough to be seen running (2 x 1M shots: ~9 s in the emulator
 # here once warm; its first job on a fresh emulator also waits for the device model), then
@@ -47,15 +47,6 @@ def status(cluster: Cluster, *extra: str) -> tuple[int, dict[str, Any]]:
 
 def proxy_of(doc: dict[str, Any], job_id: str) -> dict[str, Any] | None:
     return next((p for p in doc["proxies"] if p["job_id"] == job_id), None)
-
-
-def wait_for(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := cond():
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_status_shows_running_job_with_its_lanes(qpu_cluster: Cluster) -> None:

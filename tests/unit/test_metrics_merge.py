@@ -13,7 +13,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from qproxy import config as cfg
-from qproxy.admin.metrics import LIVE_FILE, RETIRED_FILE, collect, fold
+from qproxy.admin.metrics import collect
+from qproxy.admin.metricsstore import FOLDED_MARK, LIVE_FILE, PENDING_DIR, RETIRED_FILE, retire
 from qproxy.proxy.metrics import ProxyMetrics, endpoint
 from qproxy.proxy.policy.lanes import LaneGate
 
@@ -86,13 +87,34 @@ def test_merge_and_fold(tmp_path: Path) -> None:
            if line.startswith("qproxy_lane_wait_seconds_bucket")]
     assert les == sorted(les, key=float) and les[-1] == "+Inf"
 
-    assert fold(conf.state_dir, gone)
-    assert not (gone / LIVE_FILE).exists() and (conf.state_dir / RETIRED_FILE).exists()
+    assert retire(conf.state_dir, gone)  # the epilog's part: a rename, no parsing
+    assert not (gone / LIVE_FILE).exists()
+    after = _samples(collect(conf).text())  # folded here
     assert oct((conf.state_dir / RETIRED_FILE).stat().st_mode & 0o777) == "0o600"
-    after = _samples(collect(conf).text())
+    assert not list((conf.state_dir / PENDING_DIR).iterdir())
     assert {k: v for k, v in after.items() if "lanes" not in k[0]} == {
         k: v for k, v in s.items() if "lanes" not in k[0]}
-    assert not fold(conf.state_dir, gone)  # nothing left to fold: no double count
+    assert not retire(conf.state_dir, gone)  # nothing left to retire: no double count
+    assert _samples(collect(conf).text()) == after
+
+
+def test_interrupted_fold_counts_nothing_twice(tmp_path: Path) -> None:
+    """A fold that wrote the totals but died before removing the files it took: the next
+    one skips them (their names are in the totals' first line)."""
+    conf = _config(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = _proxy(conf, "12", dead.pid, lanes=1, requests=5)
+    assert retire(conf.state_dir, gone)
+    once = _samples(collect(conf).text())
+    retired = conf.state_dir / RETIRED_FILE
+    assert retired.read_text().startswith(FOLDED_MARK)
+    name = retired.read_text().split("\n")[0][len(FOLDED_MARK):].strip()
+    (conf.state_dir / PENDING_DIR / name).write_text(
+        "# TYPE qproxy_requests_total counter\n"
+        'qproxy_requests_total{authenticated="true",code="200",resource="ibm_fez"} 5.0\n')
+    assert _samples(collect(conf).text()) == once
+    assert not list((conf.state_dir / PENDING_DIR).iterdir())
 
 
 def test_endpoint_labels_are_bounded() -> None:
