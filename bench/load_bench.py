@@ -12,10 +12,12 @@ Per run:
 - the lane budget, from the emulator's own record (`EmulatorReader.activity`): the most of
   our upstream jobs active at one instant (created -> finished: queued or running on the
   device, what the lanes policy bounds), which must be <= the licence's 4 lanes; also the
-  most executing at once (running -> finished; the emulator itself runs 2 at a time);
+  most executing at once (running -> finished; the emulator itself runs 2 at a time) and
+  the mean number executing over the run (2.0 would be the device busy all the time);
 - throughput (jobs per minute from the first sbatch to the last job's end) and p50/p99
   turnaround, sbatch -> end (scontrol's SubmitTime/EndTime, 1 s resolution: the end is the
-  batch script's, the epilog's ~0.1-0.3 s after it is not in it);
+  batch script's, the epilog's ~0.1-0.3 s after it is not in it), which is mostly the wait
+  for a licence; and the median start -> end, a job's own time once it has its lane;
 - peak node memory: the sum of PSS (and RSS) of the root qproxy processes (spare and job
   proxies, hooks) in each node's namespace, sampled every 0.5 s, the highest node and the
   highest total; and how far the host's MemAvailable fell below its level before the
@@ -24,12 +26,19 @@ Per run:
 The client inside each job. Importing qiskit-ibm-runtime costs ~2-3 s CPU per job; 256 of
 those on 2 cores would be the benchmark. So the 64-job run uses the unmodified client
 (`QiskitRuntimeService()`, `SamplerV2` on an ISA circuit loaded from QPY, no transpiling in
-the job) and the 256-job run a stdlib-only client (`LIGHT` below) making the same REST calls
-the client makes for a sampler run: IAM token exchange, `POST /jobs` (program `sampler`, the
-same ISA Bell circuit's params in the client's own JSON encoding, prepared once), polling
-`GET /jobs/{id}` every 0.25 s, `GET /jobs/{id}/results`. What is measured is the node side
-(Slurm, hooks, proxies, lanes), which sees the same requests either way.
-`--quick`: 16 jobs (real client) and 32 (light).
+the job) and the 256-job run a stdlib-only client (`LIGHT` below) making the REST calls a
+sampler run needs (the client also reads the backend's configuration first): IAM token
+exchange, `POST /jobs` (program `sampler`, the same ISA Bell circuit's params in the
+client's own JSON encoding, prepared once), polling `GET /jobs/{id}` every 0.25 s,
+`GET /jobs/{id}/results`. What is measured is the node side (Slurm, hooks, proxies, lanes),
+which sees the same job submissions either way (the real client adds its backend lookups).
+`--quick`: 16 jobs (real client) and 32 (light), ~1.5 min; the full section 7-8.5 min on 2
+shared cores (two runs measured: 3-4 min each). Throughput is the licence's 4 lanes over a
+job's own start -> end (median ~10 s with the real client, its import and backend lookups,
+~3 s with the light one); the device is not what limits it (`mean_executing_upstream` ~0.3
+and ~1.1 of the emulator's 2 lanes).
+`QPROXY_KEEP_CLUSTER=1` leaves the cluster up afterwards (`scripts/cluster down` with the
+same QPROXY_CLUSTER_NAME and --nodes 3 --accounting stops it).
 """
 
 from __future__ import annotations
@@ -242,6 +251,8 @@ def load_run(mc: Any, reader: Any, workdir: Path, n: int, client: str) -> dict[s
                   for i in ids if i in jobs]
     ends = [_epoch(jobs[i]["EndTime"]) for i in ids if i in jobs]
     submits = [_epoch(jobs[i]["SubmitTime"]) for i in ids if i in jobs]
+    running = [_epoch(jobs[i]["EndTime"]) - _epoch(jobs[i]["StartTime"])
+               for i in ids if i in jobs]
     per_node: dict[str, int] = {}
     for i in ids:
         node = jobs.get(i, {}).get("NodeList", "?")
@@ -261,6 +272,7 @@ def load_run(mc: Any, reader: Any, workdir: Path, n: int, client: str) -> dict[s
     active = peak_concurrency([(a["created"], a["finished"]) for a in finished])
     executing = peak_concurrency([(a["running"], a["finished"]) for a in finished])
     wall = max(1.0, max(ends) - min(submits))  # scontrol's clock: both 1 s resolution
+    busy = sum(a["finished"] - a["running"] for a in finished) / wall
     all_done = (completed == n and ok_outputs == n and len(finished) == n * CALLS
                 and len(mine) == n * CALLS)
     return {
@@ -271,7 +283,9 @@ def load_run(mc: Any, reader: Any, workdir: Path, n: int, client: str) -> dict[s
         "jobs_per_min": round(n / wall * 60, 1),
         "p50_turnaround_s": round(percentile(turnaround, 50), 1),
         "p99_turnaround_s": round(percentile(turnaround, 99), 1),
-        "max_active_upstream": active, "max_executing_upstream": executing, "lanes": LANES,
+        "p50_start_to_end_s": round(percentile(running, 50), 1),
+        "max_active_upstream": active, "max_executing_upstream": executing,
+        "mean_executing_upstream": round(busy, 2), "lanes": LANES,
         "per_node_jobs": ",".join(f"{k}:{v}" for k, v in sorted(per_node.items())),
         "peak_node_pss_mb": round(max(mem.peak_node_pss.values()) / 1024, 1),
         "peak_node_rss_mb": round(max(mem.peak_node_rss.values()) / 1024, 1),
@@ -284,12 +298,13 @@ def load_run(mc: Any, reader: Any, workdir: Path, n: int, client: str) -> dict[s
 
 
 def run(work: Path, quick: bool) -> list[dict[str, Any]]:
+    # not the tests' cluster (mn): its name is read when tests.multinode.support is imported
     os.environ.setdefault("QPROXY_CLUSTER_NAME", "mnload")
-    os.environ["QPROXY_CLUSTER_FEZ_LANES"] = str(LANES)
     from tests.multinode.support import CtlEmulatorReader, MultiCluster, script_env
 
     mc = MultiCluster()
-    up = subprocess.run([sys.executable, str(mc.script), "up"], env=script_env(),
+    up = subprocess.run([sys.executable, str(mc.script), "up"],
+                        env=dict(script_env(), QPROXY_CLUSTER_FEZ_LANES=str(LANES)),
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                         timeout=600, check=False)
     if up.returncode != 0:
