@@ -194,6 +194,12 @@ def section_hostile(work: Path, quick: bool) -> list[dict[str, Any]]:
     return hostile_bench.run(work, quick)
 
 
+def section_load(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import load_bench
+
+    return load_bench.run(work, quick)
+
+
 SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "1": section_requests,  # also 2
     "3": section_e2e,
@@ -203,6 +209,7 @@ SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "7": section_emulator,
     "8": section_slurm_mode,  # issue 6: primitive calls as their own Slurm jobs
     "9": section_hostile,  # a hostile neighbour: audit bytes, peak RSS, victim p99
+    "10": section_load,  # a node under load: 64 and 256 QPU jobs at once, 4 lanes
 }
 
 

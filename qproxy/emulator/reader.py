@@ -19,6 +19,17 @@ def iso_time(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def peak_concurrency(spans: list[tuple[float, float]]) -> int:
+    """The most (start, end) intervals open at one instant (an end at the very instant of
+    another's start counts as closed first: a lane handed over is not two at once)."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    return peak
+
+
 def parse_time(iso: str) -> float:
     """The emulator's ``...Z`` timestamps (fractional seconds optional) as epoch seconds."""
     m = re.fullmatch(r"(\d+-\d+-\d+T\d+:\d+:\d+)(\.\d+)?Z", iso)
@@ -85,3 +96,17 @@ class EmulatorReader:
                 if min(b, t1) > max(a, t0):
                     out.append((max(a, t0), min(b, t1), list(job.get("tags") or [])))
         return sorted(out)
+
+    def activity(self, t0: float, backend: str | None = None) -> list[dict[str, Any]]:
+        """Every job created since ``t0``, from the device's own records: ``id``, ``status``,
+        ``tags`` and epoch ``created`` / ``running`` / ``finished`` (None until reached).
+        created -> finished is when the job held a lane's worth of the device (queued or
+        running), running -> finished when it executed."""
+        out = []
+        for job in self.jobs_since(t0 - 1, backend=backend):
+            ts = self.get(f"/jobs/{job['id']}/metrics")["timestamps"]
+            out.append({"id": job["id"], "status": job.get("status"),
+                        "tags": list(job.get("tags") or []),
+                        **{k: parse_time(ts[k]) if ts.get(k) else None
+                           for k in ("created", "running", "finished")}})
+        return out

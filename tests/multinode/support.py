@@ -137,6 +137,10 @@ url, key, what = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 r = EmulatorReader(url, key)
 if what["op"] == "get":
     print(json.dumps(r.get(what["path"])))
+elif what["op"] == "warm":
+    print(json.dumps(r.wait_warm(what["timeout"])))
+elif what["op"] == "activity":
+    print(json.dumps(r.activity(what["t0"])))
 else:
     print(json.dumps(r.jobs_since(what["t0"], pending=what.get("pending"))))
 """
@@ -154,9 +158,9 @@ class CtlEmulatorReader:
         self.url = conf["upstreams"]["emulator"]["iam_url"]
         self.cluster = cluster
 
-    def _ask(self, what: dict[str, object]) -> object:
+    def _ask(self, what: dict[str, object], timeout: float = 60) -> object:
         out = self.cluster.exec(sys.executable, "-c", _READ, self.url,
-                                self.cluster.vendor_secret(), json.dumps(what), timeout=60)
+                                self.cluster.vendor_secret(), json.dumps(what), timeout=timeout)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
@@ -165,3 +169,10 @@ class CtlEmulatorReader:
 
     def jobs_since(self, t0: float, *, pending: bool | None = None) -> list[dict[str, object]]:
         return self._ask({"op": "jobs", "t0": t0, "pending": pending})  # type: ignore[return-value]
+
+    def wait_warm(self, timeout: float) -> bool:
+        return bool(self._ask({"op": "warm", "timeout": timeout}, timeout + 60))
+
+    def activity(self, t0: float) -> list[dict[str, object]]:
+        """EmulatorReader.activity, in one process inside the namespace (one GET per job)."""
+        return self._ask({"op": "activity", "t0": t0}, 300)  # type: ignore[return-value]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from qproxy.emulator.reader import EmulatorReader, parse_time
+from qproxy.emulator.reader import EmulatorReader, parse_time, peak_concurrency
 from tests.support.cluster import EMULATOR_URL, FINAL
 
 pytestmark = pytest.mark.timeout(900)
@@ -103,10 +103,5 @@ def test_lane_budget_across_nodes(mcluster: Any) -> None:
     for j in mine:
         ts = reader.get(f"/jobs/{j['id']}/metrics")["timestamps"]
         spans.append((parse_time(j["created"]), parse_time(ts["finished"])))
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    level = peak = 0
-    for _, delta in events:
-        level += delta
-        peak = max(peak, level)
-    assert peak == 1, spans
+    assert peak_concurrency(spans) == 1, spans
     assert {r[2] for r in results} == {j["id"] for j in mine}
