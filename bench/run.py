@@ -70,7 +70,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["rows"]:
         if "error" in row:
-            lines.append(f"| {row['bench']} | error: {row['error']} | | | no |")
+            last = (str(row["error"]).strip().splitlines() or [""])[-1]  # one table row
+            lines.append(f"| {row['bench']} | error: {last} | | | no |")
             continue
         figs = ", ".join(
             f"{k}={v}" for k, v in row.items() if k not in ("bench", "target", "ok", "ratio")

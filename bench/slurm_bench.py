@@ -164,8 +164,8 @@ def _in_chroot(suite: str, quick: bool) -> list[dict[str, Any]]:
             text=True, timeout=1800, check=False)
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"section 6 on {suite} exited {proc.returncode}: "
-                               f"{proc.stderr.strip()[-300:]}")
+            last = (proc.stderr.strip().splitlines() or [""])[-1]  # the exception's line
+            raise RuntimeError(f"section 6 on {suite} exited {proc.returncode}: {last[-300:]}")
         rows: list[dict[str, Any]] = json.loads(lines[-1])
         return rows
     finally:

@@ -150,7 +150,7 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     overhead = call_s - q
     classical = round(q, 1)  # a classical phase as long as the quantum one
     rows: list[dict[str, Any]] = [{
-        "bench": "slurm_mode: per-call overhead",
+        "bench": "8. slurm mode: per-call overhead",
         "call_s": round(call_s, 2), "qpu_exec_s": round(q, 2), "overhead_s": round(overhead, 2),
         "ratio": round(call_s / q, 2), "target": "info (call/exec)", "ok": True,
     }]
@@ -170,7 +170,7 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     q_a, q_b = busy_a / calls, busy_b / calls
     fair = 0.85 <= classical / q_a <= 1.15
     rows.append({
-        "bench": "slurm_mode: lane busy (b)/(a)",
+        "bench": "8. slurm mode: lane busy (b)/(a)",
         "programs": n, "iterations": iters, "classical_s": classical, "quantum_s": round(q, 2),
         "makespan_a_s": round(ta1 - ta0, 1), "busy_a": round(frac_a, 3),
         "makespan_b_s": round(tb1 - tb0, 1), "busy_b": round(frac_b, 3),
