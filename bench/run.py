@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -214,6 +215,24 @@ SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
 }
 
 
+def _run_sections(wanted: list[str], quick: bool, rows: list[dict[str, Any]],
+                  failed: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="qproxy-bench-") as tmp:
+        work = Path(tmp)
+        for key in wanted:
+            try:
+                got = SECTIONS[key](work, quick)
+            except Exception as exc:  # a broken section must not hide the others' figures
+                traceback.print_exc()
+                failed.append(key)
+                got = [{"bench": f"section {key}", "error": str(exc), "ok": False}]
+            for row in got:
+                err = row.get("error")
+                line = f"{row['bench']}: ERROR {err}" if err else fmt_row(row)
+                print(line, flush=True)
+            rows.extend(got)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench")
     ap.add_argument("--only", default="", help="comma-separated section numbers")
@@ -225,25 +244,21 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [s for s in args.only.split(",") if s] or list(SECTIONS)
     if args.output is None:
         args.output = RESULTS.with_name("partial.json") if args.only else RESULTS
+    unknown = [k for k in wanted if k not in SECTIONS]
+    if unknown:
+        print(f"bench: unknown section {unknown[0]!r}", file=sys.stderr)
+        return 2
     rows: list[dict[str, Any]] = []
-    failed = []
-    with tempfile.TemporaryDirectory(prefix="qproxy-bench-") as tmp:
-        work = Path(tmp)
-        for key in wanted:
-            if key not in SECTIONS:
-                print(f"bench: unknown section {key!r}", file=sys.stderr)
-                return 2
-            try:
-                got = SECTIONS[key](work, args.quick)
-            except Exception as exc:  # a broken section must not hide the others' figures
-                traceback.print_exc()
-                failed.append(key)
-                got = [{"bench": f"section {key}", "error": str(exc), "ok": False}]
-            for row in got:
-                err = row.get("error")
-                line = f"{row['bench']}: ERROR {err}" if err else fmt_row(row)
-                print(line, flush=True)
-            rows.extend(got)
+    failed: list[str] = []
+    from tests.support.cluster import cluster_cmd
+
+    # sections 6 and 8 bring the local cluster up; one this run started is stopped at the end
+    was_up = cluster_cmd("status", stdout=subprocess.DEVNULL).returncode == 0
+    try:
+        _run_sections(wanted, args.quick, rows, failed)
+    finally:
+        if not was_up and not os.environ.get("QPROXY_KEEP_CLUSTER"):
+            cluster_cmd("down", stdout=subprocess.DEVNULL)
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "quick": args.quick, "rows": rows,
