@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from qproxy.emulator.reader import EmulatorReader, parse_time
+from qproxy.emulator.reader import EmulatorReader, parse_time, peak_concurrency
 from qproxy.proxy.relayauth import RELAY_HEADER, RELAY_PORT_ENV, relay_token
 
 from .conftest import Proxy, read_env_file, write_config
@@ -136,15 +136,6 @@ def _spans(reader: EmulatorReader, ids: list[str]) -> list[tuple[float, float]]:
     return out
 
 
-def _peak(spans: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    level = peak = 0
-    for _, delta in events:
-        level += delta
-        peak = max(peak, level)
-    return peak
-
-
 def test_client_through_relay_and_primary(job: Job, emulator: Any, client_env: Any,
                                           cluster_key: Path) -> None:
     from qiskit_ibm_runtime import QiskitRuntimeService, SamplerV2
@@ -182,7 +173,7 @@ def test_client_through_relay_and_primary(job: Job, emulator: Any, client_env: A
         t.join(180)
     assert len(ids) == 3
     spans = _spans(reader, ids)
-    assert _peak(spans) == 1, spans
+    assert peak_concurrency(spans) == 1, spans
 
     # the primary's audit log has the relayed requests, with the relaying node
     records = [json.loads(line) for line in primary.audit_log.read_text().splitlines()]
