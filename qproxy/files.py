@@ -9,10 +9,25 @@ bare script and must not import this package.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PRIVATE = 0o600
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (a 0600 lock file, created if missing) for the
+    block: the node's read-modify-write steps (leases, metrics totals) between hooks."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE, *,

@@ -143,7 +143,7 @@ def collect(conf: cfg.Config) -> Merged:
     for name in sorted(conf.resources):  # an idle resource shows 0, not nothing
         for gauge in PRESENT:
             merged.set_gauge(gauge, {"resource": name}, 0.0)
-    with locked(state, exclusive=True):
+    with locked(state):
         fold(state)
         merged.add(_read(state / RETIRED_FILE), gauges=False)
         try:

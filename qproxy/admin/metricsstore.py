@@ -10,13 +10,13 @@ next ``qproxy metrics`` folds what is there into ``metrics-retired.prom``.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from qproxy.files import exclusive_lock
 from qproxy.records import METRICS_FILE
 
 LIVE_FILE = METRICS_FILE  # in each job's state dir, written by its proxy
@@ -29,14 +29,11 @@ FOLDED_MARK = "# qproxy folded: "
 
 
 @contextmanager
-def locked(state_dir: Path, exclusive: bool) -> Iterator[None]:
+def locked(state_dir: Path) -> Iterator[None]:
+    """The node's metrics lock (retire, fold and read all take it exclusively)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    with exclusive_lock(state_dir / LOCK_FILE):
         yield
-    finally:
-        os.close(fd)
 
 
 def retire(state_dir: Path, job_dir: Path) -> bool:
@@ -44,7 +41,7 @@ def retire(state_dir: Path, job_dir: Path) -> bool:
     to be folded into the node's totals; False if there were none."""
     live = job_dir / LIVE_FILE
     pending = state_dir / PENDING_DIR
-    with locked(state_dir, exclusive=True):
+    with locked(state_dir):
         if not live.exists():
             return False
         pending.mkdir(mode=0o700, exist_ok=True)

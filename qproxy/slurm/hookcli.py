@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from qproxy.config import DEFAULT_CONFIG_PATH, ConfigError, load
+from qproxy.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from qproxy.slurm.state import log, setup_logging
 
 
@@ -46,17 +46,22 @@ def _since_exec_ms() -> float:
     return (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")) * 1000
 
 
+def _prolog_epilog(args: argparse.Namespace, config: Config) -> int:
+    if args.cmd == "prolog":
+        from qproxy.slurm.prolog import prolog
+
+        return prolog(config, args.job_id, args.uid, args.backend, args.node)
+    from qproxy.slurm.epilog import finish
+
+    try:
+        finish(config, args.job_id, "epilog")
+    except Exception:
+        log.exception("job %s: epilog failed", args.job_id)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     entered = _since_exec_ms()
-    rc = _main(argv)
-    if argv and argv[0] in ("prolog", "epilog"):
-        job = argv[argv.index("--job-id") + 1] if "--job-id" in argv[:-1] else "?"
-        log.info("job %s: %s hook took %.0f ms, %.0f of them Python's start and imports",
-                 job, argv[0], _since_exec_ms(), entered)
-    return rc
-
-
-def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if not str(getattr(args, "job_id", "0")).isdigit():
         print(f"bad job id {args.job_id!r}")
@@ -80,18 +85,12 @@ def _main(argv: list[str]) -> int:
                                  for k, v in env.items()))
         return 0
     setup_logging(config)
-    if args.cmd == "prolog":
-        from qproxy.slurm.prolog import prolog
-
-        return prolog(config, args.job_id, args.uid, args.backend, args.node)
-    if args.cmd == "epilog":
-        from qproxy.slurm.epilog import finish
-
+    if args.cmd in ("prolog", "epilog"):
         try:
-            finish(config, args.job_id, "epilog")
-        except Exception:
-            log.exception("job %s: epilog failed", args.job_id)
-        return 0
+            return _prolog_epilog(args, config)
+        finally:
+            log.info("job %s: %s hook took %.0f ms, %.0f of them Python's start and imports",
+                     args.job_id, args.cmd, _since_exec_ms(), entered)
     from qproxy.slurm.reap import reap
     from qproxy.slurm.slurmcli import SlurmError
 

@@ -5,14 +5,13 @@ several devices, or a leftover from a job whose epilog never ran)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from qproxy.config import Config, Resource
+from qproxy.files import exclusive_lock
 from qproxy.slurm.state import ensure_private_dir, write_private
 
 Leases = dict[str, dict[str, int]]
@@ -28,9 +27,7 @@ class LanesBusy(RuntimeError):
 def _locked(config: Config) -> Iterator[tuple[Path, Leases]]:
     ensure_private_dir(config.state_dir)
     path = config.state_dir / "leases.json"
-    fd = os.open(config.state_dir / "leases.lock", os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(config.state_dir / "leases.lock"):
         try:
             data = json.loads(path.read_text()) if path.exists() else {}
         except ValueError:
