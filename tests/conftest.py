@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from qproxy.emulator.reader import EmulatorReader
-from tests.support.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
+from tests.support.cluster import EMULATOR_URL, SETTINGS, Cluster, cluster_cmd, cluster_env
 from tests.support.emulator import EmulatorProcess, launch_emulator
 
 
@@ -80,7 +80,7 @@ def cluster() -> Iterator[Cluster]:
         pytest.skip("the Slurm tests start a real cluster and need root")
     t0 = time.monotonic()
     cluster_cmd("up", check=True, stdout=subprocess.DEVNULL)
-    c = Cluster(STATE, cluster_env(), up_seconds=time.monotonic() - t0)
+    c = Cluster(SETTINGS, cluster_env(), up_seconds=time.monotonic() - t0)
     print(f"\ncluster up in {c.up_seconds:.1f}s", file=sys.stderr)
     yield c
     if not os.environ.get("QPROXY_KEEP_CLUSTER"):
@@ -91,7 +91,7 @@ def cluster() -> Iterator[Cluster]:
 def qpu_cluster(cluster: Cluster) -> Cluster:
     """Flows that talk to a QPU need the cluster's emulator (and `qproxy serve`)."""
     if not cluster.emulator_ready():
-        pytest.fail("the QPU emulator of the local cluster is not running (see .state/cluster)")
+        pytest.fail(f"the QPU emulator of the local cluster is not running (see {cluster.state})")
     return cluster
 
 

@@ -14,31 +14,40 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support.cluster import FINAL, REPO, Cluster, Job
+from scripts.localcluster.settings import Settings
+from tests.support.cluster import FINAL, Cluster, Job
 
-NODES = 3
-SUITE = os.environ.get("QPROXY_CLUSTER_SLURM", "host")
-NAME = os.environ.get("QPROXY_CLUSTER_NAME", "mn" if SUITE == "host" else f"mn-{SUITE}")
-STATE = Path(os.environ.get("QPROXY_MN_CLUSTER_DIR", REPO / ".state" / f"cluster-{NAME}"))
-USER = os.environ.get("QPROXY_CLUSTER_USER", "qpuuser")
-USER2 = os.environ.get("QPROXY_CLUSTER_USER2", "qpuuser2")
-NODE_NAMES = [f"qnode{i}" for i in range(1, NODES + 1)]
+
+def _settings() -> Settings:
+    """`scripts/cluster up --nodes 3 --accounting` as the environment names it, its state dir
+    from QPROXY_MN_CLUSTER_DIR (QPROXY_CLUSTER_DIR is the single-node cluster's)."""
+    env = {k: v for k, v in os.environ.items() if k != "QPROXY_CLUSTER_DIR"}
+    if os.environ.get("QPROXY_MN_CLUSTER_DIR"):
+        env["QPROXY_CLUSTER_DIR"] = os.environ["QPROXY_MN_CLUSTER_DIR"]
+    return Settings.from_argv(["--nodes", "3", "--accounting"], env)
+
+
+SETTINGS = _settings()
+NODES = SETTINGS.nodes
+NAME = SETTINGS.name
+STATE = SETTINGS.state
+USER = SETTINGS.job_user
+USER2 = SETTINGS.job_user2
+NODE_NAMES = SETTINGS.node_names
 
 
 def script_env() -> dict[str, str]:
-    """scripts/cluster's environment: this layout (the ports etc. pass through)."""
-    env = dict(os.environ, QPROXY_CLUSTER_NODES=str(NODES), QPROXY_CLUSTER_ACCOUNTING="1",
-               QPROXY_CLUSTER_NAME=NAME, QPROXY_CLUSTER_DIR=str(STATE.resolve()))
-    return env
+    """scripts/cluster's environment: this cluster's settings (the rest passes through)."""
+    return dict(os.environ, **SETTINGS.env())
 
 
 class MultiCluster(Cluster):
     def __init__(self) -> None:
-        super().__init__(STATE.resolve(), {}, user=USER)
-        self.script = REPO / "scripts" / "cluster"
+        super().__init__(SETTINGS, {}, user=USER)
+        self.script = SETTINGS.repo / "scripts" / "cluster"
 
     def job_env(self, user: str) -> dict[str, str]:
-        return {"SLURM_CONF": str(self.state / "slurm" / "slurm.conf"),
+        return {"SLURM_CONF": str(self.settings.slurm_conf),
                 "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
                 "HOME": f"/home/{user}", "LANG": "C.UTF-8"}
 
@@ -66,7 +75,7 @@ class MultiCluster(Cluster):
         return dict(re.findall(r"(\S+?)=(\S*)", out))
 
     def workdir_for(self, user: str) -> Path:
-        d = self.state / "jobs" / uuid.uuid4().hex[:10]
+        d = self.settings.jobs_dir / uuid.uuid4().hex[:10]
         d.mkdir(parents=True)
         subprocess.run(["chown", user, str(d)], check=True)
         return d
@@ -106,7 +115,7 @@ class MultiCluster(Cluster):
     def node_usage(self, node: str, job_id: str) -> list[dict[str, object]]:
         """This job's lines in NODE's {audit_dir}/usage.jsonl (one per node it ran on)."""
         try:
-            lines = (self.state / "nodes" / node / "audit" / "usage.jsonl").read_text()
+            lines = (self.settings.nodes_dir / node / "audit" / "usage.jsonl").read_text()
         except OSError:
             return []
         recs = [json.loads(ln) for ln in lines.splitlines() if ln.strip()]
@@ -151,11 +160,7 @@ class CtlEmulatorReader:
     namespace: it listens on the controller's address, which the host cannot reach."""
 
     def __init__(self, cluster: MultiCluster) -> None:
-        import tomllib
-
-        conf = tomllib.loads((cluster.state / "nodes" / NODE_NAMES[0] / "qproxy.toml")
-                            .read_text())
-        self.url = conf["upstreams"]["emulator"]["iam_url"]
+        self.url = cluster.settings.emulator_url
         self.cluster = cluster
 
     def _ask(self, what: dict[str, object], timeout: float = 60) -> object:

@@ -1,7 +1,8 @@
 """The local single-node Slurm of ``scripts/cluster`` as the tests use it: where it lives, the
 clean environment jobs are submitted with, and helpers to submit jobs as the unprivileged job
 user (so "root-only" means something). The session fixtures are in tests/conftest.py; the
-benchmarks use the same location and environment."""
+benchmarks use the same location and environment. Every path, port and name comes from
+``scripts.localcluster.settings`` (the settings ``scripts/cluster`` itself builds)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,19 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-# Which Slurm (scripts/cluster --slurm): the host's, or a Debian release's in a chroot + netns;
-# then the tests themselves run inside that netns (scripts/test does that) and every Slurm
-# command goes through `scripts/slurmroot exec` (a 22.05 client cannot talk to a 24.11 ctld).
-SUITE = os.environ.get("QPROXY_CLUSTER_SLURM", "host")
-STATE = Path(os.environ.get("QPROXY_CLUSTER_DIR", REPO / ".state" / (
-    "cluster" if SUITE == "host" else f"cluster-{SUITE}"))).resolve()
-USER = os.environ.get("QPROXY_CLUSTER_USER", "qpuuser")
-EMULATOR_URL = f"http://127.0.0.1:{os.environ.get('QPROXY_CLUSTER_EMULATOR_PORT', '8290')}"
+from scripts.localcluster.settings import Settings
+from scripts.localcluster.system import inside
+
+# Which Slurm (scripts/cluster --slurm, from QPROXY_CLUSTER_SLURM): the host's, or a Debian
+# release's in a chroot + netns; then the tests themselves run inside that netns (scripts/test
+# does that) and every Slurm command goes through `scripts/slurmroot exec` (a 22.05 client
+# cannot talk to a 24.11 ctld). Always the single-node layout, whatever _NODES says.
+SETTINGS = Settings.from_argv(["--nodes", "1", "--no-accounting"])
+REPO = SETTINGS.repo
+SUITE = SETTINGS.suite
+STATE = SETTINGS.state
+USER = SETTINGS.job_user
+EMULATOR_URL = SETTINGS.emulator_url
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
          "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -31,7 +36,7 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_F
 def cluster_env(**extra: str) -> dict[str, str]:
     """The clean environment jobs are submitted with (as the cluster's job user)."""
     return {
-        "SLURM_CONF": str(STATE / "slurm" / "slurm.conf"),
+        "SLURM_CONF": str(SETTINGS.slurm_conf),
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": f"/home/{USER}", "LANG": "C.UTF-8", **extra,
     }
@@ -39,14 +44,13 @@ def cluster_env(**extra: str) -> dict[str, str]:
 
 def slurm_exec(user: str | None = None) -> list[str]:
     """Prefix that runs a command where this cluster's Slurm lives (as ``user`` if given)."""
-    if SUITE == "host":
-        return ["runuser", "-u", user, "--"] if user else []
-    return [sys.executable, str(REPO / "scripts" / "slurmroot"), "exec", SUITE,
-            *(["--user", user] if user else []), "--"]
+    return inside(SETTINGS, user)
 
 
 def cluster_cmd(*args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-    """``scripts/cluster ARGS`` (up is idempotent: a no-op when everything already runs)."""
+    """``scripts/cluster ARGS`` on this cluster (up is idempotent: a no-op when everything
+    already runs); the environment names it unless the caller passes ``env``."""
+    kwargs.setdefault("env", dict(os.environ, **SETTINGS.env()))
     return subprocess.run([sys.executable, str(REPO / "scripts" / "cluster"), *args],
                           **kwargs)  # type: ignore[call-overload, no-any-return]
 
@@ -70,28 +74,35 @@ class Job:
 
 @dataclass
 class Cluster:
-    state: Path
+    settings: Settings
     env: dict[str, str]
-    user: str = USER
+    user: str = ""  # default: the settings' job user
     up_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.user = self.user or self.settings.job_user
+
+    @property
+    def state(self) -> Path:
+        return self.settings.state
 
     @property
     def config(self) -> Path:
-        return self.state / "qproxy.toml"
+        return self.settings.qproxy_conf
 
     @property
     def run_dir(self) -> Path:
-        return self.state / "run"
+        return self.settings.run_dir
 
     @property
     def audit_dir(self) -> Path:
-        return self.state / "audit"
+        return self.settings.audit_dir
 
     def vendor_secret(self) -> str:
-        return (self.state / "emulator.keys").read_text().split()[0]
+        return self.settings.emu_keys.read_text().split()[0]
 
     def workdir(self) -> Path:
-        d = self.state / "jobs" / uuid.uuid4().hex[:10]
+        d = self.settings.jobs_dir / uuid.uuid4().hex[:10]
         d.mkdir(parents=True)
         subprocess.run(["chown", self.user, str(d)], check=True)
         return d
@@ -197,4 +208,4 @@ class Cluster:
             time.sleep(0.2)
 
     def emulator_ready(self) -> bool:
-        return (self.state / "emulator.ready").exists()
+        return self.settings.emu_ready.exists()
