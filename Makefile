@@ -29,8 +29,11 @@ bench: install
 
 lint:
 	$(PYTHON) -m pip install $(PIP_FLAGS) ruff mypy
-	$(PYTHON) -m ruff check qproxy qiskit_slurm_provider tests bench
-	$(PYTHON) -m mypy qproxy qiskit_slurm_provider   # strict: see [tool.mypy] in pyproject.toml
+	# scripts/'s commands have no .py suffix: ruff checks them only when named
+	$(PYTHON) -m ruff check qproxy qiskit_slurm_provider tests bench scripts \
+		scripts/cluster scripts/slurmroot scripts/test
+	# strict (see [tool.mypy] in pyproject.toml), the local cluster package too
+	$(PYTHON) -m mypy qproxy qiskit_slurm_provider scripts/localcluster
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
