@@ -29,7 +29,9 @@ from typing import Any
 
 from bench.common import REPO, alternate, median
 from qproxy.emulator.reader import EmulatorReader
-from tests.support.cluster import EMULATOR_URL, STATE, SUITE, Cluster, cluster_cmd, cluster_env
+from scripts.localcluster.settings import Settings
+from scripts.localcluster.system import chroot_root
+from tests.support.cluster import EMULATOR_URL, SETTINGS, Cluster, cluster_cmd, cluster_env
 
 SLURMROOT = REPO / "scripts" / "slurmroot"
 OTHER_SUITES = ("trixie", "sid")  # Slurm 24.11 and 26.05 (scripts/test's DEFAULT_SUITES)
@@ -44,12 +46,10 @@ _env = cluster_env
 def _scontrol() -> list[str]:
     """This cluster's scontrol; a chroot's directly (not `slurmroot exec`, a Python start per
     poll), as this process already runs in that chroot's network namespace."""
-    if SUITE == "host":
+    if not SETTINGS.chroot:
         return ["scontrol"]
-    root = subprocess.run([sys.executable, str(SLURMROOT), "path", SUITE], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    return [shutil.which("chroot", path="/usr/sbin:/sbin:/usr/bin") or "chroot", root,
-            "scontrol"]
+    return [shutil.which("chroot", path="/usr/sbin:/sbin:/usr/bin") or "chroot",
+            str(chroot_root(SETTINGS)), "scontrol"]
 
 
 SCONTROL: list[str] = []
@@ -70,7 +70,7 @@ FROM_POLL: list[str] = []  # jobs whose allocation time is the poll's, not the l
 def _allocated_at(job_id: str) -> float | None:
     """When slurmctld allocated the job, from its log (ms resolution, local time); None where
     it logged no allocation (26.05 sometimes allocates a job without a line at this level)."""
-    text = (STATE / "log" / "slurmctld.log").read_text(errors="replace")
+    text = (SETTINGS.logs / "slurmctld.log").read_text(errors="replace")
     m = re.search(r"\[(\S+?)(\.\d+)?\] (?:sched: Allocate|sched/backfill: _start_job: Started)"
                   r" JobId=" + job_id + " ", text)
     if not m:
@@ -87,7 +87,7 @@ def turnaround(workdir: Path, qpu: bool, alloc: list[float] | None = None) -> fl
     script = workdir / "trivial.sh"
     args = ["--gres=qpu:1", "--q_backend=ibm_fez"] if qpu else []
     t0 = time.perf_counter()
-    proc = Cluster(STATE, _env()).as_user(
+    proc = Cluster(SETTINGS, _env()).as_user(
         "sbatch", "--parsable", "-o", "/dev/null", *args, str(script), cwd=workdir)
     m = re.match(r"(\d+)", proc.stdout.strip())
     if not m:
@@ -119,7 +119,7 @@ def measure(quick: bool) -> list[dict[str, Any]]:
     cluster_cmd("up", check=True, stdout=subprocess.DEVNULL)
     # a just-started emulator builds its noise models for ~20-30 s of CPU; the hooks measured
     # here are short Python processes that would be timed against that on 2 cores
-    cluster = Cluster(STATE, _env())
+    cluster = Cluster(SETTINGS, _env())
     EmulatorReader(EMULATOR_URL, cluster.vendor_secret()).wait_warm(300)
     version = cluster.as_user("sbatch", "--version").stdout.split()[-1]
     workdir = cluster.workdir()
@@ -152,6 +152,7 @@ def _in_chroot(suite: str, quick: bool) -> list[dict[str, Any]]:
     """measure() on SUITE's Slurm, in a child inside its namespace; cleaned up either way."""
     env = dict(os.environ, QPROXY_CLUSTER_SLURM=suite)
     env.pop("QPROXY_CLUSTER_DIR", None)
+    netns = Settings.from_argv(["--nodes", "1", "--no-accounting"], env).netns
     try:
         for step in ("build", "netns"):
             done = subprocess.run([sys.executable, str(SLURMROOT), step, suite],
@@ -159,7 +160,7 @@ def _in_chroot(suite: str, quick: bool) -> list[dict[str, Any]]:
             if done.returncode != 0:
                 raise RuntimeError(f"slurmroot {step} {suite}: {done.stderr.strip()[-300:]}")
         proc = subprocess.run(
-            ["ip", "netns", "exec", f"qproxy-{suite}", sys.executable, "-m", "bench.slurm_bench",
+            ["ip", "netns", "exec", str(netns), sys.executable, "-m", "bench.slurm_bench",
              *(["--quick"] if quick else [])], cwd=REPO, env=env, capture_output=True,
             text=True, timeout=1800, check=False)
         lines = proc.stdout.strip().splitlines()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qproxy.emulator.reader import EmulatorReader
-from tests.support.cluster import EMULATOR_URL, STATE, Cluster, cluster_cmd, cluster_env
+from tests.support.cluster import EMULATOR_URL, SETTINGS, Cluster, cluster_cmd, cluster_env
 
 BACKEND, UPSTREAM = "ibm_torino", "fake_torino"
 PY = sys.executable
@@ -72,7 +72,7 @@ os.replace(out + ".tmp", out)
 '''
 
 
-CLUSTER = Cluster(STATE, cluster_env(PYTHONWARNINGS="ignore"))
+CLUSTER = Cluster(SETTINGS, cluster_env(PYTHONWARNINGS="ignore"))
 
 
 def _as_user(*cmd: str, cwd: Path) -> str:
