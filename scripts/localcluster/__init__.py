@@ -10,7 +10,7 @@
   daemons     processes by PID: spawn with a PID file, find (PID-reuse guard), stop all at once
   single      the single-node cluster (host loopback or the netns qproxy-SUITE)
   multinode   the several-node cluster (a namespace per node, controller, slurmdbd + MariaDB)
-  cli         `scripts/cluster up|down|status|env|exec`
+  cli         `scripts/cluster up|down|status|env|install|exec`
 
 Nothing here imports anything at package import time: `scripts/slurmroot exec` (the prefix of
 every Slurm command on a chroot suite) stays a fast start.

@@ -1,4 +1,4 @@
-"""`scripts/cluster up|down|status|env|exec`: one Settings from argv/env, then the single- or
+"""`scripts/cluster up|down|status|env|install|exec`: one Settings from argv/env, then the single- or
 several-node layout's command."""
 
 from __future__ import annotations
@@ -10,10 +10,18 @@ from collections.abc import Callable
 
 from scripts.localcluster import daemons, multinode, single
 from scripts.localcluster.settings import FLAG_OPTS, VALUE_OPTS, Settings
-from scripts.localcluster.system import die, log, print_env
+from scripts.localcluster.system import (
+    die,
+    ensure_db_packages,
+    ensure_packages,
+    ensure_qproxy,
+    ensure_users,
+    log,
+    print_env,
+)
 
 USAGE = """\
-usage: scripts/cluster up|down|status|env [--slurm host|bookworm|trixie|sid]
+usage: scripts/cluster up|down|status|env|install [--slurm host|bookworm|trixie|sid]
                        [--nodes N] [--accounting|--no-accounting] [--name NAME]
        scripts/cluster exec [same options] [--node qnodeI] [--user U] -- CMD...
   (or QPROXY_CLUSTER_SLURM, _NODES, _ACCOUNTING=1|0, _NAME; exec: several-node layout only)"""
@@ -35,6 +43,21 @@ def up(s: Settings) -> int:
         cleanup = multinode.cleanup_failed_up if s.multi else single.cleanup_failed_up
         cleanup(s, started, nothing_before=not before)
         raise
+
+
+def install(s: Settings) -> int:
+    """What `up` installs, without starting anything: the Slurm packages (or the suite's
+    chroot), MariaDB + slurmdbd with --accounting, the job users and qproxy. scripts/test
+    runs it once before its suites start side by side, so no two of them run apt at once
+    (dpkg's lock makes the second apt-get fail)."""
+    if os.geteuid() != 0:
+        die("run as root (apt-get, useradd)")
+    ensure_packages(s)
+    if s.accounting:
+        ensure_db_packages(s)
+    ensure_qproxy(s)
+    ensure_users(s)
+    return 0
 
 
 def command_words(argv: list[str]) -> list[str]:
@@ -63,6 +86,7 @@ def main(argv: list[str]) -> int:
 
     cmds: dict[str, Callable[[], int]] = {
         "up": lambda: up(s),
+        "install": lambda: install(s),
         "down": lambda: multinode.down(s) if s.multi else single.down(s),
         "status": lambda: multinode.status(s) if s.multi else single.status(s),
         "env": env,
