@@ -102,8 +102,10 @@ def gather(config: Config, devices: bool = True, timeout: float = 5.0) -> NodeSt
     from qproxy.proxy.process import serve_processes
     from qproxy.slurm import lease, proxyproc, spares
     from qproxy.slurm.reap import GRACE_SECONDS, orphan_proxies, plan
-    from qproxy.slurm.slurmcli import JobRecord, SlurmError, live_jobs
     from qproxy.slurm.state import JobState, job_dirs
+    from qproxy.slurmcli.jobs import live_jobs
+    from qproxy.slurmcli.record import JobRecord
+    from qproxy.slurmcli.run import SlurmError
 
     now = time.time()
     live: dict[str, JobRecord] | None

@@ -115,7 +115,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         # where admins look (sacct -o AdminComment); a relay's line (no upstream usage of its
         # own) must not overwrite the primary's
         if config.accounting.admin_comment and not relay:
-            from qproxy.slurm.slurmcli import book_admin_comment
+            from qproxy.slurmcli.admincomment import book_admin_comment
 
             book_admin_comment(job_id, line, config.accounting.sacctmgr_timeout_seconds,
                                str(config.state_dir / "hooks.log"))

@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
             log.info("job %s: %s hook took %.0f ms, %.0f of them Python's start and imports",
                      args.job_id, args.cmd, _since_exec_ms(), entered)
     from qproxy.slurm.reap import reap
-    from qproxy.slurm.slurmcli import SlurmError
+    from qproxy.slurmcli.run import SlurmError
 
     try:
         done = reap(config, everything=args.all)

@@ -32,8 +32,15 @@ from dataclasses import dataclass
 
 from qproxy import config as cfg
 from qproxy.secrets import SecretsError, get_secret
-from qproxy.slurm import slurmcli
-from qproxy.slurm.slurmcli import SlurmError
+from qproxy.slurmcli.admincomment import set_admin_comment
+from qproxy.slurmcli.cluster import licence_total
+from qproxy.slurmcli.jobs import pending_jobs
+from qproxy.slurmcli.reservations import (
+    create_licence_reservation,
+    delete_reservation,
+    reservations,
+)
+from qproxy.slurmcli.run import SlurmError
 
 log = logging.getLogger("qproxy.monitor")
 PREFIX = "qpu_down_"
@@ -113,14 +120,14 @@ class Monitor:
         self.health = {n: Health(n) for n in names}
         self.licences: dict[str, int] = {}
         for name in names:
-            total = slurmcli.licence_total(name)
+            total = licence_total(name)
             if total:
                 self.licences[name] = total
             else:
                 log.warning("monitor: %s is not a Slurm licence on this cluster: its pending "
                             "jobs cannot be held (only -L licences are; GRES jobs are not)",
                             name)
-        held = slurmcli.reservations()  # a restarted monitor keeps holding until told back
+        held = reservations()  # a restarted monitor keeps holding until told back
         for name, h in self.health.items():
             fields = held.get(reservation_name(name))
             if fields is not None:
@@ -144,26 +151,26 @@ class Monitor:
 
     def reconcile(self) -> None:
         """Make Slurm's reservations and job notes match what the devices said."""
-        held = {n for n in slurmcli.reservations() if n.startswith(PREFIX)}
-        pending = slurmcli.pending_jobs()
+        held = {n for n in reservations() if n.startswith(PREFIX)}
+        pending = pending_jobs()
         for name, total in self.licences.items():
             h = self.health[name]
             rname = reservation_name(name)
             if not h.online and rname not in held:
-                slurmcli.create_licence_reservation(rname, {name: total})
+                create_licence_reservation(rname, {name: total})
                 log.warning("monitor: reservation %s holds %s:%d; new jobs wait", rname,
                             name, total)
             elif h.online and rname in held:
-                slurmcli.delete_reservation(rname)
+                delete_reservation(rname)
                 log.info("monitor: reservation %s deleted; %s jobs may start", rname, name)
             for job in pending:
                 if name not in job.licenses:
                     continue
                 noted = job.admin_comment.endswith(NOTE_TAIL)
                 if not h.online and job.admin_comment != h.note():
-                    slurmcli.set_admin_comment(job.job_id, h.note())
+                    set_admin_comment(job.job_id, h.note())
                 elif h.online and noted:
-                    slurmcli.set_admin_comment(job.job_id, "")
+                    set_admin_comment(job.job_id, "")
 
     def table(self) -> str:
         lines = [f"{'RESOURCE':14} {'DEVICE':8} {'SLURM':28} WHY"]

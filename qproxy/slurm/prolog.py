@@ -20,20 +20,17 @@ from qproxy.config import Config, Resource
 from qproxy.proxy.process import start_ticks
 from qproxy.records import ProxyRecord
 from qproxy.slurm import lease, proxyproc, spares
-from qproxy.slurm.slurmcli import (
-    JobRecord,
-    SlurmError,
+from qproxy.slurm.state import JobState, audit_stem, log
+from qproxy.slurmcli.admincomment import (
     finish_admin_comment,
-    het_components,
-    hostnames,
-    job_info,
-    node_addr,
     qpu_comment,
     set_admin_comment,
-    show_job_text,
     start_admin_comment,
 )
-from qproxy.slurm.state import JobState, audit_stem, log
+from qproxy.slurmcli.cluster import hostnames, node_addr
+from qproxy.slurmcli.jobs import het_components, job_info, show_job_text
+from qproxy.slurmcli.record import JobRecord
+from qproxy.slurmcli.run import SlurmError
 
 
 class JobRefused(Exception):

@@ -15,8 +15,8 @@ from qproxy.proxy.process import serve_processes
 from qproxy.records import UsageRecord
 from qproxy.slurm import lease, proxyproc, spares
 from qproxy.slurm.epilog import finish
-from qproxy.slurm.slurmcli import live_job_ids
 from qproxy.slurm.state import JobState, job_dirs, log
+from qproxy.slurmcli.jobs import live_job_ids
 
 # A job dir younger than this may belong to a job that started after squeue answered.
 GRACE_SECONDS = 30.0

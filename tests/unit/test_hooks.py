@@ -12,7 +12,8 @@ import pytest
 from qproxy.config import load
 from qproxy.slurm import lease, proxyproc
 from qproxy.slurm.prolog import JobRefused, check
-from qproxy.slurm.slurmcli import JobRecord, gres_lanes, parse_licenses
+from qproxy.slurmcli.parse import gres_lanes, parse_licenses
+from qproxy.slurmcli.record import JobRecord
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "qproxy.toml"
 
@@ -129,7 +130,7 @@ HET_2205 = [{"job_id": 3, "het_job_id": 3, "het_job_offset": 0, "het_job_id_set"
 
 
 def test_het_job_id_parsed() -> None:
-    from qproxy.slurm.slurmcli import record_from_json, record_from_text
+    from qproxy.slurmcli.record import record_from_json, record_from_text
 
     assert [record_from_json(j).het_job_id for j in HET_2205] == ["3", "3"]
     assert record_from_json({"job_id": 5, "het_job_id": 0}).het_job_id == ""
@@ -141,7 +142,7 @@ def test_het_job_id_parsed() -> None:
     # none of the captured plain jobs of 22.05, 24.11 and 26.05 reads as a component
     import json
 
-    from qproxy.slurm.slurmcli import jobs_of
+    from qproxy.slurmcli.parse import jobs_of
 
     seen = 0
     for path in (CONF.parents[1] / "tests" / "data" / "slurm").glob("*/*json*.json"):
@@ -160,8 +161,8 @@ def test_het_component_without_lanes(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     with lanes, a plain job without lanes, or a het job where no component has lanes are
     unchanged (the last two keep the "needs QPU lanes" refusal)."""
     from qproxy.slurm import prolog, taskenv
-    from qproxy.slurm.slurmcli import record_from_json
     from qproxy.slurm.state import JobState
+    from qproxy.slurmcli.record import record_from_json
 
     comps = [record_from_json(j, "squeue") for j in HET_2205]
     monkeypatch.setattr(prolog, "het_components", lambda het: [c for c in comps

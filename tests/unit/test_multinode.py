@@ -24,14 +24,10 @@ from qproxy.proxy.relayauth import (
 from qproxy.records import ProxyRecord
 from qproxy.secrets import SecretsError
 from qproxy.slurm import prolog as pl
-from qproxy.slurm.slurmcli import (
-    JobRecord,
-    SlurmError,
-    qpu_comment,
-    record_from_json,
-    record_from_text,
-)
 from qproxy.slurm.state import JobState
+from qproxy.slurmcli.admincomment import qpu_comment
+from qproxy.slurmcli.record import JobRecord, record_from_json, record_from_text
+from qproxy.slurmcli.run import SlurmError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "qproxy.toml"
 DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"
