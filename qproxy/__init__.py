@@ -2,7 +2,7 @@
 
 The tree follows the data path: ``qproxy.slurm`` (root hooks the SPANK plugin runs) starts
 ``qproxy.proxy`` (one job's proxy process), which talks to a vendor through
-``qproxy.proxy.upstream``; ``qproxy.client`` runs in the user's job; ``qproxy.emulator`` is the
+``qproxy.upstream``; ``qproxy.client`` runs in the user's job; ``qproxy.emulator`` is the
 local QPU, apart. The proxy side must never import qiskit: it runs once per job and has to
 start fast and stay small. See docs/architecture.md.
 """

@@ -78,11 +78,10 @@ def _is_upstream_url(value: str) -> bool:
     return parts.scheme == "https" or _is_loopback_host(parts.hostname or "")
 
 
-def _upstream_kinds() -> frozenset[str]:
-    """Owned by the upstream seam's table (a dict of strings: nothing heavy is imported)."""
-    from qproxy.proxy.upstream import KINDS
-
-    return frozenset(KINDS)
+# The vendor APIs an upstream may speak ([upstreams.NAME] kind). Owned here so that the
+# config needs nothing above it; qproxy.upstream.KINDS maps each to its client class (a unit
+# test keeps the two equal).
+UPSTREAM_KINDS: frozenset[str] = frozenset({"ibm-runtime"})
 
 
 def port_range(value: str) -> tuple[int, int] | None:
@@ -186,10 +185,10 @@ class UpstreamSettings:
     # IBM-API-Version header to send upstream when the client did not send one.
     api_version: str = "2025-05-01"
     verify_tls: bool = True
-    # Which vendor's API this upstream speaks: a key of qproxy.proxy.upstream.KINDS.
+    # Which vendor's API this upstream speaks: one of UPSTREAM_KINDS (qproxy.upstream.KINDS).
     kind: str = field(default="ibm-runtime", metadata=_rule(
-        "a known upstream kind (" + ", ".join(sorted(_upstream_kinds())) + ")",
-        lambda v: v in _upstream_kinds()))
+        "a known upstream kind (" + ", ".join(sorted(UPSTREAM_KINDS)) + ")",
+        lambda v: v in UPSTREAM_KINDS))
 
 
 @dataclass(frozen=True)

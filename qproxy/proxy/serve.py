@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from qproxy import config as cfg
 from qproxy.clientenv import client_env
 from qproxy.files import atomic_write
-from qproxy.proxy.audit import AuditLog, load_key
+from qproxy.node.audit import AuditLog, load_key
+from qproxy.node.ledger import read_ledger, read_usage
 from qproxy.proxy.auth import new_job_token
-from qproxy.proxy.cleanup import read_ledger, read_usage
-from qproxy.proxy.relayauth import RelayListener, add_args, open_listener
+from qproxy.proxy.relay.auth import RelayListener, add_args, open_listener
 from qproxy.records import METRICS_FILE, STATUS_FILE, JobSummary
 from qproxy.secrets import SecretsError, get_secret
 
@@ -72,7 +72,7 @@ class Prepared:
     sessions: list[str]
     audit: AuditLog
     booked: dict[str, float]
-    relay: RelayListener | None = None  # a multi-node job's primary (qproxy.proxy.relayauth)
+    relay: RelayListener | None = None  # a multi-node job's primary (qproxy.proxy.relay.auth)
 
 
 def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
@@ -100,8 +100,8 @@ def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
 
 def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
                   prep: Prepared | None = None) -> JobContext:
+    from qproxy.node.ledger import Ledger
     from qproxy.proxy.auth import JobAuth
-    from qproxy.proxy.cleanup import Ledger
     from qproxy.proxy.context import JobContext
     from qproxy.proxy.metrics import ProxyMetrics, TimedUpstream
     from qproxy.proxy.policy.backend import BackendPolicy
@@ -112,8 +112,8 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
     from qproxy.proxy.policy.tags import enforced_tags
     from qproxy.proxy.policy.timelimit import TimeLimit
     from qproxy.proxy.policy.unauth import UnauthGate
-    from qproxy.proxy.upstream import connect
     from qproxy.proxy.usage import UsageBook
+    from qproxy.upstream import connect
 
     prep = prep or prepare(args, conf)
     owned = Ownership()
@@ -176,7 +176,7 @@ async def poll_status(ctx: JobContext) -> None:
     import asyncio
 
     from qproxy.proxy.routes.runtime import update_status
-    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.upstream.base import UpstreamError
 
     while True:
         await asyncio.sleep(ctx.config.proxy.status_poll_seconds)
@@ -193,7 +193,7 @@ async def poll_status(ctx: JobContext) -> None:
 
 async def warm_up(ctx: JobContext) -> None:
     """The upstream IAM exchange, off the readiness path (requests wait on the same lock)."""
-    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.upstream.base import UpstreamError
 
     try:
         await ctx.client.token()
@@ -214,10 +214,10 @@ def job_uid(user: str) -> int | None:
 def listen(px: cfg.ProxySettings, port: int | None) -> socket.socket:
     """Bind the job's port with the stdlib, before aiohttp is even imported: connections
     made from then on wait in the kernel's backlog until the app serves them. ``port`` None:
-    the first free port of ``[proxy].ports`` (privileged, see qproxy.proxy.ports); a given
+    the first free port of ``[proxy].ports`` (privileged, see qproxy.node.ports); a given
     port (0 = any) is for tests and tools run by hand."""
     if port is None:
-        from qproxy.proxy.ports import bind_privileged
+        from qproxy.node.ports import bind_privileged
 
         return bind_privileged(px.host, cfg.port_range(px.ports) or (0, 0),
                                f"[proxy] ports {px.ports}")
@@ -301,10 +301,10 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
 
     from qproxy.proxy import statusfile
     from qproxy.proxy.app import create_app, flush_unauthenticated
-    from qproxy.proxy.cleanup import cleanup
     from qproxy.proxy.connlimit import ConnGuard
     from qproxy.proxy.context import GUARD
-    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.upstream.base import UpstreamError
+    from qproxy.upstream.leftovers import cleanup
 
     ctx = build_context(args, conf, token, prep)
     stop = asyncio.Event()
@@ -327,7 +327,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     app[GUARD] = guard
     server = await loop.create_server(guard, sock=sock, backlog=128)
     if prep.relay is not None:
-        from qproxy.proxy import relaylisten
+        from qproxy.proxy.relay import listen as relaylisten
 
         relay_runner, relay_server = await relaylisten.start(ctx, prep.relay)
     log.info("job %s: proxy for %s serving on %s:%d", args.job_id, ctx.resource.name,

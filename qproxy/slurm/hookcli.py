@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 def _since_exec_ms() -> float:
     """Milliseconds since this process started (/proc start time, 10 ms ticks): the hooks'
     own cost includes the interpreter's start and imports, which is most of it."""
-    from qproxy.proxy.process import start_ticks
+    from qproxy.node.process import start_ticks
 
     ticks = start_ticks(os.getpid())
     if ticks is None:

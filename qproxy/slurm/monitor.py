@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 
 from qproxy import config as cfg
-from qproxy.secrets import SecretsError, get_secret
+from qproxy.secrets import SecretsError
 from qproxy.slurmcli.admincomment import set_admin_comment
 from qproxy.slurmcli.cluster import licence_total
 from qproxy.slurmcli.jobs import pending_jobs
@@ -70,16 +70,17 @@ class Health:
 async def device_health(conf: cfg.Config, names: list[str],
                         timeout: float) -> dict[str, tuple[bool, str]]:
     """resource -> (online, why) for each named resource, asked concurrently."""
-    from qproxy.proxy.upstream import connect
-    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.upstream import open_upstream
+    from qproxy.upstream.base import UpstreamError
 
     clients = {}
     out: dict[str, tuple[bool, str]] = {}
     for name in names:
-        up = conf.upstream_for(conf.resource(name))
+        res = conf.resource(name)
+        up = conf.upstream_for(res)
         if up.name not in clients:
             try:
-                clients[up.name] = connect(up, get_secret(conf, up.api_key_secret))
+                clients[up.name] = open_upstream(conf, res)
             except SecretsError as exc:
                 out[name] = (False, f"no credential: {exc}")
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qproxy.config import Config
-from qproxy.proxy.process import serve_processes
+from qproxy.node import sparepool
+from qproxy.node.process import serve_processes
 from qproxy.records import UsageRecord
 from qproxy.slurm import lease, proxyproc, spares
 from qproxy.slurm.epilog import finish
@@ -108,5 +109,5 @@ def reap(config: Config, everything: bool = False) -> list[UsageRecord]:
         if n:
             log.info("reap: stopped %d spare proxies", n)
     else:
-        spares.listing(config.state_dir)  # drops files of spares that died
+        sparepool.listing(config.state_dir)  # drops files of spares that died
     return done

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from qproxy.config import load
+from qproxy.node.process import is_our_proxy
 from qproxy.slurm import lease, proxyproc
 from qproxy.slurm.prolog import JobRefused, check
 from qproxy.slurmcli.parse import gres_lanes, parse_licenses
@@ -210,7 +211,7 @@ def test_reap_plan(tmp_path: Path) -> None:
              for job, cfg in (("7", str(tmp_path / "q.toml")), ("8", "/elsewhere.toml"))]
     try:
         deadline = time.monotonic() + 10
-        while not all(proxyproc.is_our_proxy(p.pid, j) for p, j in zip(procs, "78", strict=True)):
+        while not all(is_our_proxy(p.pid, j) for p, j in zip(procs, "78", strict=True)):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         actions = plan(config, live={"2"}, asked=time.time())

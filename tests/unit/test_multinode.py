@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qproxy.config import ConfigError, load, port_range
-from qproxy.proxy.relayauth import (
+from qproxy.proxy.relay.auth import (
     check_relay_token,
     format_hostport,
     load_cluster_key,

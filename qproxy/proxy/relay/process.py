@@ -4,7 +4,7 @@ It holds no vendor key (it never reads the secrets file) and enforces no QPU pol
 it authenticates this node's tasks with its own per-job token, exactly like a job's proxy
 (the client's IAM exchange is answered here, ``routes.iam``), and forwards every Runtime
 API request -- method, path, query, the headers a proxy forwards, the body streamed -- to the
-job's primary proxy with this job's relay header (``qproxy.proxy.relayauth``), streaming the
+job's primary proxy with this job's relay header (``qproxy.proxy.relay.auth``), streaming the
 answer back. So every task of the job, on any node, goes through the primary's one lane
 gate, ownership and audit log, and the job never holds anything worth more than its own job.
 
@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from qproxy import config as cfg
 from qproxy.clientenv import client_env
 from qproxy.files import atomic_write
-from qproxy.proxy.audit import AuditLog
+from qproxy.node.audit import AuditLog
 from qproxy.proxy.auth import JobAuth, new_job_token
-from qproxy.proxy.relayauth import (
+from qproxy.proxy.relay.auth import (
     NODE_HEADER,
     RELAY_HEADER,
     format_hostport,
@@ -120,7 +120,7 @@ def _source_socket(addr_info: Any) -> Any:
     root, never as a neighbour's; else any port (the relay header still proves them)."""
     import socket
 
-    from qproxy.proxy.ports import reserved_source_socket
+    from qproxy.node.ports import reserved_source_socket
 
     family = addr_info[0]
     try:
