@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -196,8 +195,3 @@ def create_app(ctx: JobContext, relay_auth: Middleware | None = None) -> web.App
             app.router.add_route(method, prefix + path, handler)
     return app
 
-
-def setup_logging() -> None:
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s qproxy %(levelname)s %(message)s"
-    )

@@ -14,7 +14,7 @@ EXIT_AT_ONCE = True
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--spare"]:
-        from qproxy.proxy.serve import setup_logging
+        from qproxy.proxy.lifecycle import setup_logging
         from qproxy.proxy.spare import serve_spare
 
         setup_logging()

@@ -70,6 +70,7 @@ def _warm(config_path: str) -> None:
     import qproxy.proxy.app  # noqa: F401
     from qproxy import config as cfg
     from qproxy.proxy import serve
+    from qproxy.proxy.lifecycle import run_loop
     from qproxy.upstream import KINDS
 
     for target in KINDS.values():  # what connect() imports on the child's first use
@@ -103,7 +104,7 @@ def _warm(config_path: str) -> None:
             server.close()
             await runner.cleanup()
 
-    serve.run_loop(once())
+    run_loop(once())
 
 
 def _fork_proxy(listener: socket.socket, conn: socket.socket, request: dict[str, Any],

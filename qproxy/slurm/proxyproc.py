@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from qproxy.files import open_append
+from qproxy.node.envfile import read_env_file
 from qproxy.node.process import alive, is_our_proxy
 from qproxy.records import ProxyRecord
 
@@ -136,12 +137,3 @@ def wait_ready(path: Path, pid: int, job_id: str, timeout: float,
                 return None
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key:
-            env[key.strip()] = value.strip()
-    return env

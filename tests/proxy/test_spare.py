@@ -162,7 +162,7 @@ def test_spare_refuses_other_code(node: tuple[Path, Path], tmp_path: Path,
     spare.ensure(state, conf, 1, ENV)
     _wait(lambda: _ready(state))
     [(_, pid, _)] = sparepool.listing(state)
-    monkeypatch.setattr(spare, "identity", lambda: "some other install")
+    monkeypatch.setattr(sparepool, "identity", lambda: "some other install")
     job = tmp_path / "job53"
     job.mkdir()
     assert spare.claim(state, _argv(conf, job, "53"), job / "proxy.log") is None
