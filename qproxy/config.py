@@ -131,7 +131,7 @@ class ProxySettings:
     spare_idle_seconds: float = field(default=600.0, metadata=_POSITIVE)
     # The job's proxy listens on the first free port of this range on ``host`` that the
     # services database does not name. Privileged ports only: when a proxy dies, no user
-    # can bind its port and answer the job's requests (qproxy/proxy/ports.py).
+    # can bind its port and answer the job's requests (qproxy/node/ports.py).
     ports: str = field(default="100-599", metadata=_rule(
         '"LOW-HIGH" with 1 <= LOW <= HIGH <= 1023 (privileged ports)',
         lambda v: port_range(v) is not None))

@@ -2,7 +2,7 @@
 controller).
 
 Every ``--interval`` seconds it asks each resource's upstream for its device's status
-(through the upstream seam, qproxy/proxy/upstream/, with the admin's credential from the
+(through the upstream seam, qproxy/upstream/, with the admin's credential from the
 secrets file: it never leaves this process and is never logged). While a device is offline,
 paused or unreachable (``--confirm`` polls in a row, so one lost answer blocks nobody) the
 device's Slurm licences are held in a reservation named ``qpu_down_<resource>``: new jobs
