@@ -173,13 +173,13 @@ def _standalone_memory(cfg: Path, workdir: Path) -> tuple[int, int, int]:
 
 def run_node(cfg: Path, workdir: Path, jobs: int = 64) -> list[dict[str, Any]]:
     """``jobs`` QPU jobs' proxies alive at once, forked by the node's spare as the prolog
-    claims them (qproxy.proxy.spare), each having served its job's first calls. Baselines:
-    one bare aiohttp process, and one proxy started as its own process."""
+    claims them (qproxy.proxy.spare, qproxy.slurm.spares), each having served its job's
+    first calls. Baselines: one bare aiohttp process, and one proxy started as its own process."""
     import os
     import signal
     import statistics
 
-    from qproxy.proxy.spare import listing
+    from qproxy.node.sparepool import listing
     from qproxy.slurm import spares
 
     hello = _hello_memory(workdir)

@@ -58,7 +58,7 @@ def _slurm_backend(backend: str | None, env: Mapping[str, str]) -> str:
     if env.get("QPU_BACKEND"):
         return env["QPU_BACKEND"]
     from qproxy.client.slurm_mode.guard import admin_config
-    from qproxy.slurm.slurmcli import Slurm
+    from qproxy.slurmcli.submit import Slurm
 
     config = admin_config(Slurm(), env.get("QPROXY_CONFIG"))
     names = sorted(config.resources) if config is not None else []

@@ -78,11 +78,10 @@ def _is_upstream_url(value: str) -> bool:
     return parts.scheme == "https" or _is_loopback_host(parts.hostname or "")
 
 
-def _upstream_kinds() -> frozenset[str]:
-    """Owned by the upstream seam's table (a dict of strings: nothing heavy is imported)."""
-    from qproxy.proxy.upstream import KINDS
-
-    return frozenset(KINDS)
+# The vendor APIs an upstream may speak ([upstreams.NAME] kind). Owned here so that the
+# config needs nothing above it; qproxy.upstream.KINDS maps each to its client class (a unit
+# test keeps the two equal).
+UPSTREAM_KINDS: frozenset[str] = frozenset({"ibm-runtime"})
 
 
 def port_range(value: str) -> tuple[int, int] | None:
@@ -132,7 +131,7 @@ class ProxySettings:
     spare_idle_seconds: float = field(default=600.0, metadata=_POSITIVE)
     # The job's proxy listens on the first free port of this range on ``host`` that the
     # services database does not name. Privileged ports only: when a proxy dies, no user
-    # can bind its port and answer the job's requests (qproxy/proxy/ports.py).
+    # can bind its port and answer the job's requests (qproxy/node/ports.py).
     ports: str = field(default="100-599", metadata=_rule(
         '"LOW-HIGH" with 1 <= LOW <= HIGH <= 1023 (privileged ports)',
         lambda v: port_range(v) is not None))
@@ -186,10 +185,10 @@ class UpstreamSettings:
     # IBM-API-Version header to send upstream when the client did not send one.
     api_version: str = "2025-05-01"
     verify_tls: bool = True
-    # Which vendor's API this upstream speaks: a key of qproxy.proxy.upstream.KINDS.
+    # Which vendor's API this upstream speaks: one of UPSTREAM_KINDS (qproxy.upstream.KINDS).
     kind: str = field(default="ibm-runtime", metadata=_rule(
-        "a known upstream kind (" + ", ".join(sorted(_upstream_kinds())) + ")",
-        lambda v: v in _upstream_kinds()))
+        "a known upstream kind (" + ", ".join(sorted(UPSTREAM_KINDS)) + ")",
+        lambda v: v in UPSTREAM_KINDS))
 
 
 @dataclass(frozen=True)

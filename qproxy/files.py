@@ -1,6 +1,7 @@
 """The one atomic file writer: records, env files, summaries, leases, secrets, payloads and
 results are all written through it, so a reader (another hook, the job, the epilog) sees
-either the old file or the whole new one, never half of it.
+either the old file or the whole new one, never half of it. And the one private (0600)
+append-only open: logs, ledgers, the audit and usage chains.
 
 Standard library only (the hooks import it on every job start). The job-side fast path
 (``qproxy/client/slurm_mode/fastrun.py``) keeps its own three lines on purpose: it runs as a
@@ -28,6 +29,15 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def open_append(path: str | Path, *, readable: bool = False, nofollow: bool = False) -> int:
+    """A descriptor appending to ``path`` (created 0600 if missing): logs, ledgers, audit
+    chains. ``readable`` for a file that is also read back through the same descriptor (the
+    usage log's tail check); ``nofollow`` where a symlink planted in the path's place must
+    be refused (audit and usage logs)."""
+    flags = os.O_CREAT | os.O_APPEND | (os.O_RDWR if readable else os.O_WRONLY)
+    return os.open(path, flags | (os.O_NOFOLLOW if nofollow else 0), PRIVATE)
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE, *,

@@ -120,7 +120,7 @@ class JobSummary:
 
     @classmethod
     def from_cleanup(cls, result: dict[str, Any], **extra: Any) -> Self:
-        """From ``qproxy.proxy.cleanup``'s result dict (its keys are this record's)."""
+        """From ``qproxy.upstream.leftovers.cleanup``'s result dict (its keys are this record's)."""
         summary = cls.from_json({**result, **extra})
         assert summary is not None
         return summary

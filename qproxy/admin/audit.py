@@ -17,8 +17,8 @@ from pathlib import Path
 
 import orjson
 
-from qproxy import usagelog
-from qproxy.proxy.audit import AuditKeyError, load_key, verify
+from qproxy.node import usagelog
+from qproxy.node.audit import AuditKeyError, load_key, verify
 
 
 def _key(args: argparse.Namespace) -> tuple[bytes | None, Path | None]:

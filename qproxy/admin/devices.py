@@ -23,14 +23,14 @@ class DeviceStatus:
 
 
 async def _one(config: Config, resource: Resource, timeout: float) -> DeviceStatus:
-    from qproxy.proxy.upstream import connect
-    from qproxy.proxy.upstream.base import UpstreamError
-    from qproxy.secrets import SecretsError, get_secret
+    from qproxy.secrets import SecretsError
+    from qproxy.upstream import open_upstream
+    from qproxy.upstream.base import UpstreamError
 
     upstream = config.upstream_for(resource)
     base = DeviceStatus(resource.name, resource.backend, upstream.name, False, False)
     try:
-        client = connect(upstream, get_secret(config, upstream.api_key_secret))
+        client = open_upstream(config, resource)
     except SecretsError as exc:
         return _with(base, status="no credentials", message=str(exc))
     try:

@@ -105,9 +105,9 @@ def check_files(conf: cfg.Config) -> list[tuple[bool, str]]:
 
 
 def check_ports(conf: cfg.Config) -> list[tuple[bool, str]]:
-    """Both proxy port ranges must be privileged here (qproxy.proxy.ports): a proxy refuses
+    """Both proxy port ranges must be privileged here (qproxy.node.ports): a proxy refuses
     to start otherwise, so every QPU job of this node would fail."""
-    from qproxy.proxy.ports import privileged
+    from qproxy.node.ports import privileged
 
     out = []
     for name in ("ports", "relay_ports"):

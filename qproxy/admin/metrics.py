@@ -6,7 +6,7 @@ Each job's proxy writes its own figures to ``{state_dir}/<job>/metrics.prom`` (r
 qproxy/proxy/metrics.py). Here they are summed per resource: counters and histograms over
 every proxy this node has run (the epilog retires an ended proxy's final file, and the next
 read folds it into ``{state_dir}/metrics-retired.prom``, so totals never go down when a job
-ends; qproxy.admin.metricsstore), gauges over
+ends; qproxy.node.metricsstore), gauges over
 the live proxies only; ``qproxy_proxies_alive`` counts those. The output names no job and no
 user, so it may be world-readable (node_exporter runs as its own user).
 
@@ -30,9 +30,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from qproxy import config as cfg
-from qproxy.admin.metricsstore import FOLDED_MARK, LIVE_FILE, RETIRED_FILE, locked, pending_files
 from qproxy.files import atomic_write
-from qproxy.proxy.process import alive
+from qproxy.node.metricsstore import FOLDED_MARK, LIVE_FILE, RETIRED_FILE, locked, pending_files
+from qproxy.node.process import alive
 
 # Gauges that describe the present: taken from live proxies only, 0 for an idle resource.
 PRESENT = {"qproxy_lanes_allocated": "QPU lanes the running Slurm jobs hold",
@@ -108,7 +108,7 @@ class Merged:
 
 
 def fold(state_dir: Path) -> int:
-    """Fold the retired proxies' files (qproxy.admin.metricsstore.retire) into the node's
+    """Fold the retired proxies' files (qproxy.node.metricsstore.retire) into the node's
     totals and remove them; the caller holds the lock exclusively. Returns how many."""
     retired = _read(state_dir / RETIRED_FILE)
     first, _, _ = retired.partition("\n")

@@ -98,12 +98,15 @@ def _reap_says(actions: list[object] | None, job_id: str, pid: int | None = None
 
 
 def gather(config: Config, devices: bool = True, timeout: float = 5.0) -> NodeStatus:
-    from qproxy.proxy.process import alive as process_alive
-    from qproxy.proxy.process import serve_processes
-    from qproxy.slurm import lease, proxyproc, spares
+    from qproxy.node.process import alive as process_alive
+    from qproxy.node.process import is_our_proxy, serve_processes
+    from qproxy.node.sparepool import listing as spare_listing
+    from qproxy.slurm import lease
     from qproxy.slurm.reap import GRACE_SECONDS, orphan_proxies, plan
-    from qproxy.slurm.slurmcli import JobRecord, SlurmError, live_jobs
     from qproxy.slurm.state import JobState, job_dirs
+    from qproxy.slurmcli.jobs import live_jobs
+    from qproxy.slurmcli.record import JobRecord
+    from qproxy.slurmcli.run import SlurmError
 
     now = time.time()
     live: dict[str, JobRecord] | None
@@ -138,7 +141,7 @@ def gather(config: Config, devices: bool = True, timeout: float = 5.0) -> NodeSt
                                            _reap_says(actions, job_id)))
             continue
         recorded_pids.add(rec.pid)
-        alive = proxyproc.is_our_proxy(rec.pid, job_id, rec.spare) and process_alive(rec.pid)
+        alive = is_our_proxy(rec.pid, job_id, rec.spare) and process_alive(rec.pid)
         status = job.read_status() if alive else None
         end = status.end_time if status and status.end_time else (
             live[job_id].end_time if live and job_id in live else 0.0)
@@ -174,7 +177,7 @@ def gather(config: Config, devices: bool = True, timeout: float = 5.0) -> NodeSt
         st.problems.append(Problem(job_id, f"process without a record (pid {pid})",
                                    _reap_says(actions, job_id, pid), pid))
     ready: dict[int, SpareView] = {}
-    for path, pid, spare_id in spares.listing(config.state_dir, prune=False):
+    for path, pid, spare_id in spare_listing(config.state_dir, prune=False):
         state = "ready" if path.name.endswith(".sock") else "starting"
         if ready.get(pid) is None or state == "ready":
             ready[pid] = SpareView(pid, spare_id, state)

@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
         return _fail(f"{exc.filename or exc}: {exc.strerror or exc}")
     acct = None
     if not args.no_sacct:
-        from qproxy.slurm.slurmcli import sacct_jobs
+        from qproxy.slurmcli.sacct import sacct_jobs
 
         acct = sacct_jobs([r.job_id for r in loaded.records])
     job_runs = [r for r in ur.runs(loaded.records, acct) if ur.in_period(r, since, until)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qproxy.records import UsageRecord
-from qproxy.slurm.slurmcli import AcctJob
+from qproxy.slurmcli.sacct import AcctJob
 
 GROUPS = ("user", "account", "resource", "day")
 UNKNOWN = "?"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,16 +19,16 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from qproxy.proxy.audit import AuditUnavailable, bound
+from qproxy.node.audit import AuditUnavailable, bound
 from qproxy.proxy.context import CTX, GUARD, JobContext
 from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
-from qproxy.proxy.relayauth import RELAY_HEADER
+from qproxy.proxy.relay.auth import RELAY_HEADER
 from qproxy.proxy.routes import iam
 from qproxy.proxy.routes import runtime as rt
 from qproxy.proxy.routes.errors import TRACE, error_response
-from qproxy.proxy.upstream.base import UpstreamError
 from qproxy.runtime_api import API_PREFIXES, IAM_TOKEN_PATH
+from qproxy.upstream.base import UpstreamError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("qproxy.proxy.serve")
@@ -182,7 +181,7 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def create_app(ctx: JobContext, relay_auth: Middleware | None = None) -> web.Application:
-    """``relay_auth``: the primary's relay listener (qproxy.proxy.relaylisten), whose auth
+    """``relay_auth``: the primary's relay listener (qproxy.proxy.relay.listen), whose auth
     replaces the job token's and which serves no IAM exchange."""
     app = web.Application(
         middlewares=[conn_mw, audit_mw, error_mw, relay_auth or auth_mw],
@@ -196,8 +195,3 @@ def create_app(ctx: JobContext, relay_auth: Middleware | None = None) -> web.App
             app.router.add_route(method, prefix + path, handler)
     return app
 
-
-def setup_logging() -> None:
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s qproxy %(levelname)s %(message)s"
-    )

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from qproxy.config import ProxySettings
-from qproxy.proxy.peer import peer_uid
-from qproxy.proxy.ports import RESERVED_SOURCE
+from qproxy.node.peer import peer_uid
+from qproxy.node.ports import RESERVED_SOURCE
 
 _BODY = (b'{"errors":[{"code":503,"message":"too many connections to this QPU proxy",'
          b'"more_info":""}],"status_code":503}')

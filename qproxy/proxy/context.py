@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from qproxy.config import Config, Resource, UpstreamSettings
-from qproxy.proxy.audit import AuditLog
+from qproxy.node.audit import AuditLog
+from qproxy.node.ledger import Ledger
 from qproxy.proxy.auth import JobAuth
-from qproxy.proxy.cleanup import Ledger
 from qproxy.proxy.connlimit import ConnGuard
 from qproxy.proxy.metrics import ProxyMetrics
 from qproxy.proxy.policy.backend import BackendPolicy
@@ -20,8 +20,8 @@ from qproxy.proxy.policy.lanes import LaneGate
 from qproxy.proxy.policy.sessions import SessionPolicy
 from qproxy.proxy.policy.timelimit import TimeLimit
 from qproxy.proxy.policy.unauth import UnauthGate
-from qproxy.proxy.upstream.base import Upstream
 from qproxy.proxy.usage import UsageBook
+from qproxy.upstream.base import Upstream
 
 
 @dataclass

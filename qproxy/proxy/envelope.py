@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from qproxy.proxy.upstream import jsonx
+from qproxy.upstream import jsonx
 
 KEPT = frozenset({"params"})
 _WS = frozenset(b" \t\n\r")

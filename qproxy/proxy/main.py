@@ -14,7 +14,7 @@ EXIT_AT_ONCE = True
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--spare"]:
-        from qproxy.proxy.serve import setup_logging
+        from qproxy.proxy.lifecycle import setup_logging
         from qproxy.proxy.spare import serve_spare
 
         setup_logging()
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
             return 2
         return serve_spare(argv[1], argv[3])
     if "--relay-to" in argv:  # a multi-node job's relay: no vendor key (qproxy.proxy.relay)
-        from qproxy.proxy.relay import main as relay_main
+        from qproxy.proxy.relay.process import main as relay_main
 
         return relay_main(argv)
     from qproxy.proxy.serve import main as serve_main

@@ -23,13 +23,13 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from qproxy.files import atomic_write
-from qproxy.proxy.upstream.base import UpstreamError
+from qproxy.upstream.base import UpstreamError
 
 if TYPE_CHECKING:
     import aiohttp
 
     from qproxy.proxy.policy.lanes import LaneGate
-    from qproxy.proxy.upstream.base import DeviceStatus, Upstream
+    from qproxy.upstream.base import DeviceStatus, Upstream
 
 # _created series would differ per proxy and mean nothing once merged
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -3,7 +3,8 @@
 Contract with the Slurm hooks: once listening, write the env file (0600, atomically) with
 ``KEY=VALUE`` lines from ``qproxy.clientenv.client_env``; on SIGTERM cancel the job's
 still-active upstream work, write the summary, finish the audit log, remove the env file and
-exit 0 within a few seconds. Never imports qiskit.
+exit 0 within a few seconds. Never imports qiskit. The skeleton it shares with the relay
+(signals, env file, summary, background tasks, loop): ``qproxy.proxy.lifecycle``.
 """
 
 from __future__ import annotations
@@ -15,19 +16,27 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from qproxy import config as cfg
 from qproxy.clientenv import client_env
-from qproxy.files import atomic_write
-from qproxy.proxy.audit import AuditLog, load_key
+from qproxy.node.audit import AuditLog, load_key
+from qproxy.node.envfile import remove_env_file, write_env_file
+from qproxy.node.ledger import read_ledger, read_usage
 from qproxy.proxy.auth import new_job_token
-from qproxy.proxy.cleanup import read_ledger, read_usage
-from qproxy.proxy.relayauth import RelayListener, add_args, open_listener
+from qproxy.proxy.lifecycle import (
+    EarlyStop,
+    Signals,
+    background,
+    run_loop,
+    setup_logging,
+    write_summary,
+)
+from qproxy.proxy.relay.auth import RelayListener, add_args, open_listener
 from qproxy.records import METRICS_FILE, STATUS_FILE, JobSummary
 from qproxy.secrets import SecretsError, get_secret
 
@@ -35,7 +44,6 @@ if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (s
     from qproxy.proxy.context import JobContext
 
 log = logging.getLogger("qproxy.proxy.serve")
-T = TypeVar("T")
 CLEANUP_TIMEOUT = 8.0
 
 
@@ -72,7 +80,7 @@ class Prepared:
     sessions: list[str]
     audit: AuditLog
     booked: dict[str, float]
-    relay: RelayListener | None = None  # a multi-node job's primary (qproxy.proxy.relayauth)
+    relay: RelayListener | None = None  # a multi-node job's primary (qproxy.proxy.relay.auth)
 
 
 def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
@@ -100,8 +108,8 @@ def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
 
 def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
                   prep: Prepared | None = None) -> JobContext:
+    from qproxy.node.ledger import Ledger
     from qproxy.proxy.auth import JobAuth
-    from qproxy.proxy.cleanup import Ledger
     from qproxy.proxy.context import JobContext
     from qproxy.proxy.metrics import ProxyMetrics, TimedUpstream
     from qproxy.proxy.policy.backend import BackendPolicy
@@ -112,8 +120,8 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
     from qproxy.proxy.policy.tags import enforced_tags
     from qproxy.proxy.policy.timelimit import TimeLimit
     from qproxy.proxy.policy.unauth import UnauthGate
-    from qproxy.proxy.upstream import connect
     from qproxy.proxy.usage import UsageBook
+    from qproxy.upstream import connect
 
     prep = prep or prepare(args, conf)
     owned = Ownership()
@@ -176,7 +184,7 @@ async def poll_status(ctx: JobContext) -> None:
     import asyncio
 
     from qproxy.proxy.routes.runtime import update_status
-    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.upstream.base import UpstreamError
 
     while True:
         await asyncio.sleep(ctx.config.proxy.status_poll_seconds)
@@ -193,7 +201,7 @@ async def poll_status(ctx: JobContext) -> None:
 
 async def warm_up(ctx: JobContext) -> None:
     """The upstream IAM exchange, off the readiness path (requests wait on the same lock)."""
-    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.upstream.base import UpstreamError
 
     try:
         await ctx.client.token()
@@ -214,10 +222,10 @@ def job_uid(user: str) -> int | None:
 def listen(px: cfg.ProxySettings, port: int | None) -> socket.socket:
     """Bind the job's port with the stdlib, before aiohttp is even imported: connections
     made from then on wait in the kernel's backlog until the app serves them. ``port`` None:
-    the first free port of ``[proxy].ports`` (privileged, see qproxy.proxy.ports); a given
+    the first free port of ``[proxy].ports`` (privileged, see qproxy.node.ports); a given
     port (0 = any) is for tests and tools run by hand."""
     if port is None:
-        from qproxy.proxy.ports import bind_privileged
+        from qproxy.node.ports import bind_privileged
 
         return bind_privileged(px.host, cfg.port_range(px.ports) or (0, 0),
                                f"[proxy] ports {px.ports}")
@@ -248,48 +256,16 @@ def _background() -> Iterator[None]:
             pass
 
 
-class Signals:
-    """SIGTERM/SIGINT before the event loop owns them. While the heavy modules load (and
-    there is no upstream work to cancel) a signal aborts the start: see ``main``."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.interruptible = False
-
-    def handler(self, _signum: int, _frame: Any) -> None:
-        self.stop = True
-        if self.interruptible:
-            self.interruptible = False
-            raise EarlyStop
-
-
-class EarlyStop(BaseException):
-    pass
-
-
 def finish(args: argparse.Namespace, audit: AuditLog, backend: str, result: dict[str, Any],
            stats: dict[str, Any]) -> JobSummary:
     """The summary record (last of the audit log) and summary.json."""
-    summary_path = args.summary_file or args.env_file.parent / "summary.json"
     counted = JobSummary.from_cleanup(
         result, job_id=args.job_id, user=args.user, backend=backend,
         requests=stats["requests"], bytes_in=stats["bytes_in"], bytes_out=stats["bytes_out"])
-    audit.record("summary", **{k: v for k, v in asdict(counted).items()
-                               if v is not None and not k.startswith("audit_")})
-    summary = replace(counted, audit_log=str(audit.path), audit_head=audit.head,
-                      audit_records=audit.count)
-    audit.close()
-    atomic_write(summary_path, summary.to_json())
+    summary = write_summary(args, audit, counted)
     log.info("job %s: done (%d upstream jobs, %.3f quantum s)", args.job_id,
              summary.upstream_jobs, summary.quantum_seconds)
     return summary
-
-
-def remove_env_file(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prepared,
@@ -301,10 +277,10 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
 
     from qproxy.proxy import statusfile
     from qproxy.proxy.app import create_app, flush_unauthenticated
-    from qproxy.proxy.cleanup import cleanup
     from qproxy.proxy.connlimit import ConnGuard
     from qproxy.proxy.context import GUARD
-    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.upstream.base import UpstreamError
+    from qproxy.upstream.leftovers import cleanup
 
     ctx = build_context(args, conf, token, prep)
     stop = asyncio.Event()
@@ -315,6 +291,13 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
         stop.set()
 
     app = create_app(ctx)
+    port = sock.getsockname()[1]
+    app.cleanup_ctx.extend(background(task, stop) for task in (
+        lambda: warm_up(ctx),
+        lambda: poll_status(ctx),
+        lambda: statusfile.keep_written(ctx, args.env_file.parent / STATUS_FILE, os.getpid(), port),
+        lambda: write_metrics(ctx, metrics_path(args)),
+    ))
     px = conf.proxy
     # read_bufsize: what aiohttp buffers of a body nobody reads yet (a submission waiting for
     # its lane). Measured with 100 parallel 1.9 MB POSTs: +84 MB peak RSS at the default
@@ -327,26 +310,18 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     app[GUARD] = guard
     server = await loop.create_server(guard, sock=sock, backlog=128)
     if prep.relay is not None:
-        from qproxy.proxy import relaylisten
+        from qproxy.proxy.relay import listen as relaylisten
 
         relay_runner, relay_server = await relaylisten.start(ctx, prep.relay)
     log.info("job %s: proxy for %s serving on %s:%d", args.job_id, ctx.resource.name,
              conf.proxy.host, sock.getsockname()[1])
-    warm = asyncio.create_task(warm_up(ctx))
-    poller = asyncio.create_task(poll_status(ctx))
-    status = asyncio.create_task(statusfile.keep_written(
-        ctx, args.env_file.parent / STATUS_FILE, os.getpid(), sock.getsockname()[1]))
-    metrics_writer = asyncio.create_task(write_metrics(ctx, metrics_path(args)))
     if after_start is not None:  # right away: a job may end within a fraction of a second,
         loop.call_soon(after_start)  # and its first request comes ~0.1 s after this anyway
 
     await stop.wait()
     log.info("job %s: shutting down", args.job_id)
     ctx.timelimit.end_time = min(ctx.timelimit.end_time, time.time())  # no new work
-    poller.cancel()
-    warm.cancel()
-    status.cancel()
-    metrics_writer.cancel()
+    # the background tasks (cleanup_ctx) stop with ``stop``: no status polls during cleanup
     seen = list(ctx.owned.jobs)
     try:
         await asyncio.wait_for(ctx.usage.drain(), CLEANUP_TIMEOUT / 4)
@@ -389,25 +364,6 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
     return 0
 
 
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run the proxy's event loop: uvloop's where it is installed (measured with 32 clients
-    on GET /jobs/{id}: ~27% less proxy CPU per request than asyncio's own loop), else
-    asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        import asyncio
-
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
-def setup_logging() -> None:
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s qproxy %(levelname)s %(message)s"
-    )
-
-
 def main(argv: list[str], after_start: Callable[[], None] | None = None) -> int:
     """Start order, so that the job's launch never waits for aiohttp's imports (~200 ms):
     validate, read the secret and the ledger, open the audit log, bind the port, write the
@@ -416,9 +372,7 @@ def main(argv: list[str], after_start: Callable[[], None] | None = None) -> int:
     upstream work in the ledger, ends the proxy at once with the same summary."""
     args = parse_args(argv)
     setup_logging()
-    signals = Signals()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signals.handler)
+    signals = Signals().install()
     try:
         conf = cfg.load(args.config)
         prep = prepare(args, conf)
@@ -432,7 +386,7 @@ def main(argv: list[str], after_start: Callable[[], None] | None = None) -> int:
         port = sock.getsockname()[1]
         env = client_env(f"http://{conf.proxy.host}:{port}", token, prep.upstream.instance)
         env.update(prep.relay.env() if prep.relay else {})
-        atomic_write(args.env_file, "".join(f"{k}={v}\n" for k, v in env.items()).encode())
+        write_env_file(args.env_file, env)
         # still the log's first record: nothing is served before the app runs, below
         prep.audit.record(
             "start", **prep.audit.chain_fields(), backend=prep.resource.name,

@@ -1,6 +1,6 @@
 """The spare proxy process: an idle ``qproxy serve --spare`` kept ready on a node, that FORKS
-each QPU job's proxy (a "zygote"); how spares are started and found (the hooks' side of the
-pool, claiming and stopping, is ``qproxy.slurm.spares``).
+each QPU job's proxy (a "zygote"). How spares are found and the claim's wire format:
+``qproxy.node.sparepool``; the hooks' side (start, claim, stop): ``qproxy.slurm.spares``.
 
 Why: a job's proxy spends ~200 ms starting Python and importing aiohttp before it serves, and
 a process of its own costs ~27 MB of private memory (USS), most of it the imported modules'
@@ -24,130 +24,24 @@ guard therefore also checks the start time the spare reports (``/proc/PID/stat``
 the prolog keeps in the job's record. A spare only answers a prolog running the same qproxy
 code (``identity()``; a stale one exits), exits after ``[proxy].spare_idle_seconds``
 without a claim, and is stopped by ``qproxy hook reap --all`` (its jobs' proxies are not:
-they are their own sessions). Files in ``{state_dir}/spares/``: ``<pid>-<id>.spawned``
-(started), ``.starting`` (its socket while it imports), ``.sock`` (ready), ``<id>.log``
-(its own output).
-
-The claim side (prolog) uses the standard library only: it is on every QPU job's start.
+they are their own sessions). Its files in ``{state_dir}/spares/``: see
+``qproxy.node.sparepool``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import struct
 import sys
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from qproxy.proxy.process import alive, serve_options, start_ticks
+from qproxy.files import open_append
+from qproxy.node.process import start_ticks
+from qproxy.node.sparepool import ACK, identity, read_request, reply, spares_dir
 
-MAX_REQUEST = 64 * 1024
-ACK = b"ok\n"  # the prolog's answer to a claim's reply: the forked proxy may start
 ACK_SECONDS = 2.0  # a prolog acknowledges at once; waiting holds up the next claims
-
-
-def spares_dir(state_dir: Path) -> Path:
-    return state_dir / "spares"
-
-
-def identity() -> str:
-    """The code a spare runs: interpreter, package location, version and the newest source
-    mtime (an upgraded or edited install must not be served by an old spare)."""
-    import qproxy
-
-    pkg = Path(qproxy.__file__).parent
-    newest = 0
-    for root, _dirs, files in os.walk(pkg):
-        for name in files:
-            if name.endswith(".py"):
-                try:
-                    newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
-                except OSError:
-                    continue
-    return f"{sys.executable}|{pkg}|{qproxy.__version__}|{newest}"
-
-
-def _parse_name(name: str) -> tuple[int, str] | None:
-    stem, dot, suffix = name.partition(".")
-    pid, dash, spare_id = stem.partition("-")
-    if not (dot and dash and pid.isdigit() and spare_id.isalnum()):
-        return None
-    if suffix not in ("sock", "starting", "spawned"):
-        return None
-    return int(pid), spare_id
-
-
-def is_spare(pid: int, spare_id: str) -> bool:
-    """PID-reuse guard: the process must be ``qproxy serve --spare <spare_id>``."""
-    return ("--spare", spare_id) in serve_options(pid)
-
-
-def listing(state_dir: Path, prune: bool = True) -> list[tuple[Path, int, str]]:
-    """(socket path, pid, id) of the spares on this node; files of dead ones are removed
-    (unless ``prune`` is False: ``qproxy status`` only looks)."""
-    d = spares_dir(state_dir)
-    try:
-        names = sorted(os.listdir(d))
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        parsed = _parse_name(name)
-        if parsed is None:
-            continue
-        pid, spare_id = parsed
-        path = d / name
-        if alive(pid) and is_spare(pid, spare_id):
-            found.append((path, pid, spare_id))
-        elif prune:
-            path.unlink(missing_ok=True)
-            (d / f"{spare_id}.log").unlink(missing_ok=True)
-    return found
-
-
-def ensure(state_dir: Path, config_path: Path, wanted: int, env: dict[str, str]) -> int:
-    """Start spares until ``wanted`` are ready or starting; returns how many were started."""
-    if wanted <= 0:
-        return 0
-    import subprocess
-
-    d = spares_dir(state_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
-    started = 0
-    for _ in range(max(0, wanted - len(listing(state_dir)))):
-        spare_id = os.urandom(8).hex()
-        fd = os.open(d / f"{spare_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "qproxy", "serve", "--spare", spare_id,
-                 "--config", str(config_path)],
-                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True,
-                start_new_session=True, cwd="/", env=env, preexec_fn=_idle_priority,
-            )
-        finally:
-            os.close(fd)
-        # counted from now on (Popen returns after the exec, so the guard sees the spare's
-        # command line); the spare removes this marker once its socket exists
-        (d / f"{proc.pid}-{spare_id}.spawned").touch(mode=0o600)
-        started += 1
-    return started
-
-
-def _idle_priority() -> None:
-    """A spare starts when its node launches a job: it must take only CPU nobody else wants,
-    or it slows the very launch it is meant to speed up (measured: task-env 65 -> 160 ms
-    on 2 cores with the spare at normal priority)."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):
-        try:
-            os.nice(19)
-        except OSError:
-            pass
 
 
 def _normal_priority() -> None:
@@ -163,36 +57,6 @@ def _peer_uid(conn: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
-def _read_request(conn: socket.socket) -> dict[str, Any] | None:
-    conn.settimeout(5.0)
-    try:
-        line = conn.makefile("rb").readline(MAX_REQUEST)
-        data = json.loads(line)
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(data, dict) and isinstance(data.get("argv"), list)
-            and all(isinstance(a, str) for a in data["argv"])
-            and isinstance(data.get("log"), str) and isinstance(data.get("identity"), str)):
-        return None
-    return data
-
-
-def _reply(conn: socket.socket, **fields: Any) -> None:
-    try:
-        conn.sendall(json.dumps(fields).encode() + b"\n")
-    except OSError:
-        pass
-
-
-class Claimed(NamedTuple):
-    """What a claim answers: the job's forked proxy, recognisable by the hooks' PID-reuse
-    guard through its spare's id (its command line) and its start time."""
-
-    pid: int
-    spare: str
-    start: int
-
-
 def _warm(config_path: str) -> None:
     """Run, once, the code every job's proxy runs at start (argument parsing, config, an
     event loop, an aiohttp server and client answering one request on loopback), so that
@@ -206,7 +70,8 @@ def _warm(config_path: str) -> None:
     import qproxy.proxy.app  # noqa: F401
     from qproxy import config as cfg
     from qproxy.proxy import serve
-    from qproxy.proxy.upstream import KINDS
+    from qproxy.proxy.lifecycle import run_loop
+    from qproxy.upstream import KINDS
 
     for target in KINDS.values():  # what connect() imports on the child's first use
         __import__(target.partition(":")[0])
@@ -239,7 +104,7 @@ def _warm(config_path: str) -> None:
             server.close()
             await runner.cleanup()
 
-    serve.run_loop(once())
+    run_loop(once())
 
 
 def _fork_proxy(listener: socket.socket, conn: socket.socket, request: dict[str, Any],
@@ -258,7 +123,7 @@ def _fork_proxy(listener: socket.socket, conn: socket.socket, request: dict[str,
     if pid:
         os.close(go_r)
         try:
-            _reply(conn, ok=True, pid=pid, id=spare_id, start=start_ticks(pid))
+            reply(conn, ok=True, pid=pid, id=spare_id, start=start_ticks(pid))
             conn.settimeout(ACK_SECONDS)
             acked = conn.recv(len(ACK)) == ACK
         except OSError:
@@ -284,7 +149,7 @@ def _fork_proxy(listener: socket.socket, conn: socket.socket, request: dict[str,
         os.setsid()  # its own session, like a proxy the prolog starts: outlives the spare
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_append(request["log"])
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing of the spare's but stdio
@@ -331,7 +196,7 @@ def serve_spare(spare_id: str, config_path: str) -> int:
         os.chmod(starting, 0o600)
         (d / f"{os.getpid()}-{spare_id}.spawned").unlink(missing_ok=True)
         sock.listen(16)
-        _warm(config_path)  # at idle priority (see ensure)
+        _warm(config_path)  # at idle priority (see qproxy.slurm.spares.ensure)
         gc.collect()
         gc.freeze()  # the collector never touches (so never copies) the shared objects
         _normal_priority()
@@ -344,12 +209,12 @@ def serve_spare(spare_id: str, config_path: str) -> int:
             except TimeoutError:
                 return 0
             with conn:
-                request = _read_request(conn)
+                request = read_request(conn)
                 if _peer_uid(conn) != os.getuid() or request is None:
-                    _reply(conn, ok=False, error="bad request")
+                    reply(conn, ok=False, error="bad request")
                     continue
                 if request["identity"] != mine:
-                    _reply(conn, ok=False, error="stale spare (qproxy changed since it started)")
+                    reply(conn, ok=False, error="stale spare (qproxy changed since it started)")
                     return 0
                 _fork_proxy(sock, conn, request, spare_id)
     except OSError as exc:

@@ -6,28 +6,21 @@ figure is read when a job turns final (seen by the status poller or the job's ow
 requests) and, at the latest, before a ``DELETE`` is forwarded (an active job is cancelled
 first, so its figure stops growing), and appended to the ledger (``{"kind": "usage", "id",
 "quantum_seconds"}``, fsync'ed). ``cleanup`` (proxy shutdown or the epilog for a dead proxy)
-uses the booked figure for such a job, so no action of the job's lowers it.
+uses the booked figure for such a job, so no action of the job's lowers it. The GET / cancel /
+metrics sequence itself is ``qproxy.upstream.booking.stop_and_book``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from qproxy.runtime_api import is_final, job_status
+from qproxy.upstream.booking import stop_and_book
 
 if TYPE_CHECKING:
-    from qproxy.proxy.cleanup import Ledger
-    from qproxy.proxy.upstream.base import Upstream
-
-
-def quantum_seconds(metrics: Any) -> float | None:
-    usage = metrics.get("usage") if isinstance(metrics, dict) else None
-    value = usage.get("quantum_seconds") if isinstance(usage, dict) else None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    return None
+    from qproxy.node.ledger import Ledger
+    from qproxy.upstream.base import Upstream
 
 
 class UsageBook:
@@ -53,19 +46,10 @@ class UsageBook:
         return await asyncio.shield(task)
 
     async def _book(self, job_id: str, stop_first: bool = False) -> float | None:
-        from qproxy.proxy.upstream.base import UpstreamError
-
         try:
-            if stop_first:
-                code, doc, _ = await self.client.call("GET", f"/jobs/{job_id}")
-                if code == 200 and not is_final(job_status(doc)):
-                    await self.client.call("POST", f"/jobs/{job_id}/cancel")
-            code, metrics, _ = await self.client.call("GET", f"/jobs/{job_id}/metrics")
-        except UpstreamError:
-            return None
+            _, seconds = await stop_and_book(self.client, job_id, stop_first)
         finally:
             self._pending.pop(job_id, None)
-        seconds = quantum_seconds(metrics) if code == 200 else None
         if seconds is None:
             return None
         self.booked[job_id] = seconds

@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from qproxy import usagelog
 from qproxy.config import Config
+from qproxy.node import usagelog
 from qproxy.records import JobSummary, UsageRecord
 from qproxy.slurm import lease, proxyproc
 from qproxy.slurm.state import JobState, audit_stem, ensure_private_dir, log
@@ -26,14 +26,14 @@ def _read_summary(path: Path) -> JobSummary | None:
 
 
 def _leftovers(config: Config, resource: str, job: JobState) -> dict[str, Any]:
-    from qproxy.proxy.cleanup import cleanup_job
+    from qproxy.upstream.leftovers import cleanup_job
 
     return cleanup_job(config, resource, job.ledger)
 
 
 def _audit_end(config: Config, job_id: str, fields: dict[str, Any],
                stem: str) -> str | None:
-    from qproxy.proxy.audit import AuditLog
+    from qproxy.node.audit import AuditLog
 
     path = config.audit_dir / f"{stem}.jsonl"
     # A log the proxy started names its key in its first record; one the epilog starts (the
@@ -51,7 +51,7 @@ def _audit_end(config: Config, job_id: str, fields: dict[str, Any],
 
 def _usage_key(config: Config) -> bytes | None:
     """The audit key chains usage.jsonl too (the proxy made it at its start)."""
-    from qproxy.proxy.audit import AuditKeyError, load_key
+    from qproxy.node.audit import AuditKeyError, load_key
 
     try:
         return load_key(config.audit_key_file, create=True)
@@ -115,7 +115,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         # where admins look (sacct -o AdminComment); a relay's line (no upstream usage of its
         # own) must not overwrite the primary's
         if config.accounting.admin_comment and not relay:
-            from qproxy.slurm.slurmcli import book_admin_comment
+            from qproxy.slurmcli.admincomment import book_admin_comment
 
             book_admin_comment(job_id, line, config.accounting.sacctmgr_timeout_seconds,
                                str(config.state_dir / "hooks.log"))
@@ -127,7 +127,7 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         log.exception("job %s: keeping the proxy log failed", job_id)
     if job.metrics.exists():  # the node's totals keep the ended proxy's
         try:
-            from qproxy.admin.metricsstore import retire
+            from qproxy.node.metricsstore import retire
 
             retire(config.state_dir, job.root)
         except OSError:

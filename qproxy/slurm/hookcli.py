@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 def _since_exec_ms() -> float:
     """Milliseconds since this process started (/proc start time, 10 ms ticks): the hooks'
     own cost includes the interpreter's start and imports, which is most of it."""
-    from qproxy.proxy.process import start_ticks
+    from qproxy.node.process import start_ticks
 
     ticks = start_ticks(os.getpid())
     if ticks is None:
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
             log.info("job %s: %s hook took %.0f ms, %.0f of them Python's start and imports",
                      args.job_id, args.cmd, _since_exec_ms(), entered)
     from qproxy.slurm.reap import reap
-    from qproxy.slurm.slurmcli import SlurmError
+    from qproxy.slurmcli.run import SlurmError
 
     try:
         done = reap(config, everything=args.all)

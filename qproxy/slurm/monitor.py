@@ -2,7 +2,7 @@
 controller).
 
 Every ``--interval`` seconds it asks each resource's upstream for its device's status
-(through the upstream seam, qproxy/proxy/upstream/, with the admin's credential from the
+(through the upstream seam, qproxy/upstream/, with the admin's credential from the
 secrets file: it never leaves this process and is never logged). While a device is offline,
 paused or unreachable (``--confirm`` polls in a row, so one lost answer blocks nobody) the
 device's Slurm licences are held in a reservation named ``qpu_down_<resource>``: new jobs
@@ -31,9 +31,16 @@ import time
 from dataclasses import dataclass
 
 from qproxy import config as cfg
-from qproxy.secrets import SecretsError, get_secret
-from qproxy.slurm import slurmcli
-from qproxy.slurm.slurmcli import SlurmError
+from qproxy.secrets import SecretsError
+from qproxy.slurmcli.admincomment import set_admin_comment
+from qproxy.slurmcli.cluster import licence_total
+from qproxy.slurmcli.jobs import pending_jobs
+from qproxy.slurmcli.reservations import (
+    create_licence_reservation,
+    delete_reservation,
+    reservations,
+)
+from qproxy.slurmcli.run import SlurmError
 
 log = logging.getLogger("qproxy.monitor")
 PREFIX = "qpu_down_"
@@ -63,16 +70,17 @@ class Health:
 async def device_health(conf: cfg.Config, names: list[str],
                         timeout: float) -> dict[str, tuple[bool, str]]:
     """resource -> (online, why) for each named resource, asked concurrently."""
-    from qproxy.proxy.upstream import connect
-    from qproxy.proxy.upstream.base import UpstreamError
+    from qproxy.upstream import open_upstream
+    from qproxy.upstream.base import UpstreamError
 
     clients = {}
     out: dict[str, tuple[bool, str]] = {}
     for name in names:
-        up = conf.upstream_for(conf.resource(name))
+        res = conf.resource(name)
+        up = conf.upstream_for(res)
         if up.name not in clients:
             try:
-                clients[up.name] = connect(up, get_secret(conf, up.api_key_secret))
+                clients[up.name] = open_upstream(conf, res)
             except SecretsError as exc:
                 out[name] = (False, f"no credential: {exc}")
 
@@ -113,14 +121,14 @@ class Monitor:
         self.health = {n: Health(n) for n in names}
         self.licences: dict[str, int] = {}
         for name in names:
-            total = slurmcli.licence_total(name)
+            total = licence_total(name)
             if total:
                 self.licences[name] = total
             else:
                 log.warning("monitor: %s is not a Slurm licence on this cluster: its pending "
                             "jobs cannot be held (only -L licences are; GRES jobs are not)",
                             name)
-        held = slurmcli.reservations()  # a restarted monitor keeps holding until told back
+        held = reservations()  # a restarted monitor keeps holding until told back
         for name, h in self.health.items():
             fields = held.get(reservation_name(name))
             if fields is not None:
@@ -144,26 +152,26 @@ class Monitor:
 
     def reconcile(self) -> None:
         """Make Slurm's reservations and job notes match what the devices said."""
-        held = {n for n in slurmcli.reservations() if n.startswith(PREFIX)}
-        pending = slurmcli.pending_jobs()
+        held = {n for n in reservations() if n.startswith(PREFIX)}
+        pending = pending_jobs()
         for name, total in self.licences.items():
             h = self.health[name]
             rname = reservation_name(name)
             if not h.online and rname not in held:
-                slurmcli.create_licence_reservation(rname, {name: total})
+                create_licence_reservation(rname, {name: total})
                 log.warning("monitor: reservation %s holds %s:%d; new jobs wait", rname,
                             name, total)
             elif h.online and rname in held:
-                slurmcli.delete_reservation(rname)
+                delete_reservation(rname)
                 log.info("monitor: reservation %s deleted; %s jobs may start", rname, name)
             for job in pending:
                 if name not in job.licenses:
                     continue
                 noted = job.admin_comment.endswith(NOTE_TAIL)
                 if not h.online and job.admin_comment != h.note():
-                    slurmcli.set_admin_comment(job.job_id, h.note())
+                    set_admin_comment(job.job_id, h.note())
                 elif h.online and noted:
-                    slurmcli.set_admin_comment(job.job_id, "")
+                    set_admin_comment(job.job_id, "")
 
     def table(self) -> str:
         lines = [f"{'RESOURCE':14} {'DEVICE':8} {'SLURM':28} WHY"]

@@ -5,7 +5,7 @@ connection record. Never fails the prolog: errors go to the job's state dir for 
 A multi-node job runs this on every node. The job's lanes must hold across all of them, so
 only its first node (Slurm's batch host, else the first of its nodes) leases them and starts
 the PRIMARY proxy (vendor key, lane gate, audit; plus a relay listener, see
-qproxy.proxy.relayauth), publishing the listener in the job's AdminComment
+qproxy.proxy.relay.auth), publishing the listener in the job's AdminComment
 (``qpu backend=B lanes=N primary=ADDR:PORT run=R``); every other node waits for that and
 starts a RELAY proxy (qproxy.proxy.relay: no vendor key, forwards to the primary)."""
 
@@ -17,23 +17,20 @@ import socket
 import time
 
 from qproxy.config import Config, Resource
-from qproxy.proxy.process import start_ticks
+from qproxy.node.process import start_ticks
 from qproxy.records import ProxyRecord
 from qproxy.slurm import lease, proxyproc, spares
-from qproxy.slurm.slurmcli import (
-    JobRecord,
-    SlurmError,
+from qproxy.slurm.state import JobState, audit_stem, log
+from qproxy.slurmcli.admincomment import (
     finish_admin_comment,
-    het_components,
-    hostnames,
-    job_info,
-    node_addr,
     qpu_comment,
     set_admin_comment,
-    show_job_text,
     start_admin_comment,
 )
-from qproxy.slurm.state import JobState, audit_stem, log
+from qproxy.slurmcli.cluster import hostnames, node_addr
+from qproxy.slurmcli.jobs import het_components, job_info, show_job_text
+from qproxy.slurmcli.record import JobRecord
+from qproxy.slurmcli.run import SlurmError
 
 
 class JobRefused(Exception):
@@ -188,7 +185,7 @@ def publish_primary(config: Config, job: JobState, proxy: proxyproc.Recorded, ad
                     text: str, run: int) -> str:
     """Wait (bounded) for the primary's env file, then publish its relay listener for the
     job's other nodes; ``primary=failed`` if it did not come up. Returns what was published."""
-    from qproxy.proxy.relayauth import RELAY_PORT_ENV, format_hostport
+    from qproxy.proxy.relay.auth import RELAY_PORT_ENV, format_hostport
 
     try:
         env = proxyproc.wait_ready(job.env_file, proxy.pid, job.job_id,
@@ -206,7 +203,7 @@ def publish_primary(config: Config, job: JobState, proxy: proxyproc.Recorded, ad
 def wait_for_primary(config: Config, job_id: str, resource: Resource, run: int,
                      first: str) -> str:
     """The primary's relay listener (ADDR:PORT) once this run's AdminComment names it."""
-    from qproxy.proxy.relayauth import parse_hostport
+    from qproxy.proxy.relay.auth import parse_hostport
 
     wait = config.proxy.relay_wait_seconds
     deadline = time.monotonic() + wait

@@ -1,4 +1,5 @@
-"""Start and stop a job's ``qproxy serve`` process (root, detached from the hook)."""
+"""Start and stop a job's ``qproxy serve`` process (root, detached from the hook), and wait
+for its env file. Which process is a job's proxy: ``qproxy.node.process.is_our_proxy``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from qproxy.proxy.process import alive, serve_options, start_ticks
+from qproxy.files import open_append
+from qproxy.node.envfile import read_env_file
+from qproxy.node.process import alive, is_our_proxy
 from qproxy.records import ProxyRecord
 
 if TYPE_CHECKING:  # task-env (once per task) never starts a process
@@ -20,20 +24,28 @@ CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
              "LANG": "C.UTF-8"}
 
 
-def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``setsid`` + stdio to a file: the proxy must outlive the prolog and must not hold the
-    prolog's pipes open (slurmd would wait for them)."""
+def launch(args: list[str], log_path: Path, env: Mapping[str, str] | None = None,
+           preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+    """``qproxy serve ARGS`` detached: ``setsid`` + stdio to a 0600 log file, cwd ``/``. A
+    job's proxy (``start``) and a spare (``qproxy.slurm.spares.ensure``) must outlive the
+    prolog and must not hold the prolog's pipes open (slurmd would wait for them)."""
     import subprocess
 
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_append(log_path)
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "qproxy", "serve", *args],
             stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True,
-            start_new_session=True, cwd="/", env=CLEAN_ENV,
+            start_new_session=True, cwd="/", env=CLEAN_ENV if env is None else env,
+            preexec_fn=preexec_fn,
         )
     finally:
         os.close(fd)
+
+
+def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A job's proxy, with a clean environment."""
+    return launch(args, log_path)
 
 
 class Recorded(NamedTuple):
@@ -46,18 +58,6 @@ class Recorded(NamedTuple):
 
 def recorded(record: ProxyRecord) -> Recorded:
     return Recorded(record.pid, record.spare, record.start_ticks)
-
-
-def is_our_proxy(pid: int, job_id: str, spare: str | None = None,
-                 start: int | None = None) -> bool:
-    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`, or
-    forked by the spare the prolog handed this job to (`qproxy serve --spare <spare>`, see
-    qproxy.proxy.spare) -- and, when the record has one, have the recorded start time: all
-    of a spare's proxies (and the spare) share that command line."""
-    wanted = {("--job-id", job_id)} | ({("--spare", spare)} if spare else set())
-    if not serve_options(pid) & wanted:
-        return False
-    return start is None or start_ticks(pid) == start
 
 
 def _wait_exit(pidfd: int | None, pid: int, timeout: float) -> bool:
@@ -137,12 +137,3 @@ def wait_ready(path: Path, pid: int, job_id: str, timeout: float,
                 return None
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key:
-            env[key.strip()] = value.strip()
-    return env

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qproxy.config import Config
-from qproxy.proxy.process import serve_processes
+from qproxy.node import sparepool
+from qproxy.node.process import serve_processes
 from qproxy.records import UsageRecord
 from qproxy.slurm import lease, proxyproc, spares
 from qproxy.slurm.epilog import finish
-from qproxy.slurm.slurmcli import live_job_ids
 from qproxy.slurm.state import JobState, job_dirs, log
+from qproxy.slurmcli.jobs import live_job_ids
 
 # A job dir younger than this may belong to a job that started after squeue answered.
 GRACE_SECONDS = 30.0
@@ -108,5 +109,5 @@ def reap(config: Config, everything: bool = False) -> list[UsageRecord]:
         if n:
             log.info("reap: stopped %d spare proxies", n)
     else:
-        spares.listing(config.state_dir)  # drops files of spares that died
+        sparepool.listing(config.state_dir)  # drops files of spares that died
     return done

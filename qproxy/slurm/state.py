@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qproxy.config import Config
-from qproxy.files import atomic_write
+from qproxy.files import atomic_write, open_append
 from qproxy.records import METRICS_FILE, STATUS_FILE, ProxyRecord, ProxyStatus
 
 log = logging.getLogger("qproxy.slurm")
@@ -124,8 +124,7 @@ def setup_logging(config: Config | None) -> None:
         try:
             ensure_private_dir(config.state_dir)
             path = config.state_dir / "hooks.log"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.close(fd)
+            os.close(open_append(path))
             handlers.append(logging.FileHandler(path))
         except OSError:
             pass

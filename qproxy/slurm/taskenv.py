@@ -12,7 +12,7 @@ import time
 
 from qproxy.clientenv import CLIENT_ENV_NAMES, QRMI_RESOURCES, QRMI_TYPES, qrmi_env
 from qproxy.config import Config
-from qproxy.proxy.process import alive
+from qproxy.node.process import alive, is_our_proxy
 from qproxy.slurm import proxyproc
 from qproxy.slurm.state import JobState
 
@@ -45,7 +45,7 @@ def task_env(config: Config, job_id: str) -> dict[str, str | None]:
         raise NoQPU(f"no QPU proxy was started for job {job_id} on this node (the job prolog "
                     "did not run or failed); ask your admin")
     pid, spare, start = proxyproc.recorded(record)
-    if not proxyproc.is_our_proxy(pid, job_id, spare, start):
+    if not is_our_proxy(pid, job_id, spare, start):
         raise NoQPU(f"the QPU proxy of job {job_id} is no longer running")
     timeout = min(config.proxy.start_timeout_seconds, MAX_WAIT_SECONDS)
     try:
@@ -53,7 +53,7 @@ def task_env(config: Config, job_id: str) -> dict[str, str | None]:
     except OSError:
         proxy_env = None
     if proxy_env is None:
-        if proxyproc.is_our_proxy(pid, job_id, spare, start) and alive(pid):
+        if is_our_proxy(pid, job_id, spare, start) and alive(pid):
             raise NoQPU(f"the QPU proxy of job {job_id} did not become ready in "
                         f"{timeout:.0f}s; ask your admin")
         raise NoQPU(f"the QPU proxy of job {job_id} exited at start or is no longer "

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from qproxy import config as cfg
-from qproxy.proxy.audit import AuditLog, verify
+from qproxy.node.audit import AuditLog, verify
 from qproxy.secrets import SecretsError, get_secret
 
 

@@ -411,7 +411,7 @@ def test_executor_generation(proxy_factory: Any, client_env: Any) -> None:
 def test_cleanup_after_proxy_crash(proxy_factory: Any, emulator: Any) -> None:
     """The epilog path: the proxy died (SIGKILL); the ledger alone lets us cancel leftovers."""
     from qproxy import config as cfg
-    from qproxy.proxy.cleanup import cleanup_job
+    from qproxy.upstream.leftovers import cleanup_job
 
     p = proxy_factory("5101", lanes=3)
     h = p.bearer()

@@ -19,7 +19,7 @@ import orjson
 import pytest
 import requests
 
-from qproxy.proxy.audit import record_hash
+from qproxy.node.audit import record_hash
 
 from . import hostile
 from .conftest import Proxy, start_proxy

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from qproxy.emulator.reader import EmulatorReader, parse_time, peak_concurrency
-from qproxy.proxy.relayauth import RELAY_HEADER, RELAY_PORT_ENV, relay_token
+from qproxy.proxy.relay.auth import RELAY_HEADER, RELAY_PORT_ENV, relay_token
 
 from .conftest import Proxy, read_env_file, write_config
 from .test_e2e import _submit_raw, bell, isa

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from qproxy.node import process, sparepool
 from qproxy.slurm import proxyproc
 from qproxy.slurm import spares as spare
 
@@ -34,7 +35,7 @@ def _wait(cond: Any, timeout: float = 60.0) -> None:
 
 
 def _ready(state: Path) -> list[tuple[Path, int, str]]:
-    return [s for s in spare.listing(state) if s[0].name.endswith(".sock")]
+    return [s for s in sparepool.listing(state) if s[0].name.endswith(".sock")]
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_spare_forks_each_jobs_proxy(node: tuple[Path, Path], tmp_path: Path) ->
     assert spare.ensure(state, conf, 1, ENV) == 1
     assert spare.ensure(state, conf, 1, ENV) == 0  # one is starting: no second one
     _wait(lambda: _ready(state))
-    [(_, zygote, spare_id)] = spare.listing(state)
+    [(_, zygote, spare_id)] = sparepool.listing(state)
     assert oct(os.stat(state / "spares").st_mode & 0o777) == "0o700"
     jobs = {}
     for job_id in ("51", "52"):
@@ -92,12 +93,12 @@ def test_spare_forks_each_jobs_proxy(node: tuple[Path, Path], tmp_path: Path) ->
     assert _serves(da / "proxy.env") == ["ibm_fez"] == _serves(db / "proxy.env")
     # the hooks' PID-reuse guard: the spare and both proxies share one command line, so a
     # proxy is this job's only with the start time its record holds
-    assert proxyproc.is_our_proxy(a.pid, "51", spare_id, a.start)
-    assert not proxyproc.is_our_proxy(a.pid, "51")  # no --job-id on its command line
-    assert not proxyproc.is_our_proxy(a.pid, "51", spare_id, a.start + 1)  # a reused pid
-    assert not proxyproc.is_our_proxy(zygote, "51", spare_id, a.start)  # the spare itself
-    assert not proxyproc.is_our_proxy(b.pid, "51", spare_id, a.start)  # the other job's
-    assert not proxyproc.is_our_proxy(a.pid, "52", "0123abcd", a.start)
+    assert process.is_our_proxy(a.pid, "51", spare_id, a.start)
+    assert not process.is_our_proxy(a.pid, "51")  # no --job-id on its command line
+    assert not process.is_our_proxy(a.pid, "51", spare_id, a.start + 1)  # a reused pid
+    assert not process.is_our_proxy(zygote, "51", spare_id, a.start)  # the spare itself
+    assert not process.is_our_proxy(b.pid, "51", spare_id, a.start)  # the other job's
+    assert not process.is_our_proxy(a.pid, "52", "0123abcd", a.start)
     # nothing of the spare's is open in a job's proxy: no claim socket, no spare log, and
     # its stdio is the job's own log
     spare_socket = {t for t in _fds(zygote).values() if t.startswith("socket:")}
@@ -109,9 +110,9 @@ def test_spare_forks_each_jobs_proxy(node: tuple[Path, Path], tmp_path: Path) ->
     # crash containment: one job's proxy killed, the other job's and the spare carry on;
     # the spare stopped, its proxies carry on
     os.kill(b.pid, signal.SIGKILL)
-    _wait(lambda: not proxyproc.alive(b.pid), 30)
+    _wait(lambda: not process.alive(b.pid), 30)
     assert spare.stop_all(state) == 1
-    _wait(lambda: not proxyproc.alive(zygote), 30)
+    _wait(lambda: not process.alive(zygote), 30)
     assert _serves(da / "proxy.env") == ["ibm_fez"]
     assert proxyproc.stop(a.pid, "51", spare=spare_id, start=a.start) == "terminated"
     summary = json.loads((da / "summary.json").read_text())
@@ -126,7 +127,7 @@ def test_unacknowledged_claim_starts_no_proxy(node: tuple[Path, Path], tmp_path:
     proxy forked for it must never start (two proxies, one job, one never stopped)."""
     import socket
 
-    from qproxy.proxy.spare import identity
+    from qproxy.node.sparepool import identity
 
     conf, state = node
     spare.ensure(state, conf, 1, ENV)
@@ -142,7 +143,7 @@ def test_unacknowledged_claim_starts_no_proxy(node: tuple[Path, Path], tmp_path:
     answer = json.loads(s.makefile("rb").readline())
     s.close()  # no acknowledgement
     assert answer["ok"] and answer["pid"] != zygote
-    _wait(lambda: not proxyproc.alive(answer["pid"]), 30)
+    _wait(lambda: not process.alive(answer["pid"]), 30)
     assert not (job / "proxy.env").exists() and not (job / "audit.jsonl").exists()
     # the spare carries on for the next claim
     assert [pid for _, pid, _ in _ready(state)] == [zygote]
@@ -160,35 +161,35 @@ def test_spare_refuses_other_code(node: tuple[Path, Path], tmp_path: Path,
     conf, state = node
     spare.ensure(state, conf, 1, ENV)
     _wait(lambda: _ready(state))
-    [(_, pid, _)] = spare.listing(state)
-    monkeypatch.setattr(spare, "identity", lambda: "some other install")
+    [(_, pid, _)] = sparepool.listing(state)
+    monkeypatch.setattr(sparepool, "identity", lambda: "some other install")
     job = tmp_path / "job53"
     job.mkdir()
     assert spare.claim(state, _argv(conf, job, "53"), job / "proxy.log") is None
-    _wait(lambda: not proxyproc.alive(pid), 30)
-    assert not (job / "proxy.env").exists() and spare.listing(state) == []
+    _wait(lambda: not process.alive(pid), 30)
+    assert not (job / "proxy.env").exists() and sparepool.listing(state) == []
 
 
 def test_idle_spare_exits(emulator: Any, tmp_path: Path) -> None:
     conf = write_config(emulator, tmp_path, proxy_extra="spare_idle_seconds = 0.5")
     state = tmp_path / "state"
     spare.ensure(state, conf, 1, ENV)
-    _wait(lambda: spare.listing(state))
-    [(_, pid, _)] = spare.listing(state)
-    _wait(lambda: not proxyproc.alive(pid), 60)
-    assert spare.listing(state) == []
+    _wait(lambda: sparepool.listing(state))
+    [(_, pid, _)] = sparepool.listing(state)
+    _wait(lambda: not process.alive(pid), 60)
+    assert sparepool.listing(state) == []
 
 
 def test_stop_all_and_dead_spares(node: tuple[Path, Path]) -> None:
     conf, state = node
     spare.ensure(state, conf, 2, ENV)
     _wait(lambda: len(_ready(state)) == 2)
-    pids = [pid for _, pid, _ in spare.listing(state)]
+    pids = [pid for _, pid, _ in sparepool.listing(state)]
     assert spare.stop_all(state) == 2
-    _wait(lambda: not any(proxyproc.alive(p) for p in pids), 30)
+    _wait(lambda: not any(process.alive(p) for p in pids), 30)
     # files left by a spare that was killed are dropped by the next look
     (state / "spares" / "999999-deadbeef.sock").touch()
-    assert spare.listing(state) == [] and not list((state / "spares").iterdir())
+    assert sparepool.listing(state) == [] and not list((state / "spares").iterdir())
 
 
 def test_spare_usage_errors(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 import requests
 
-from qproxy.proxy.audit import verify
+from qproxy.node.audit import verify
 from qproxy.proxy.auth import JobAuth
 
 from .conftest import read_env_file, write_config

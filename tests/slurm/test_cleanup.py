@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from qproxy.config import load
-from qproxy.slurm.proxyproc import Recorded, is_our_proxy
+from qproxy.node.process import is_our_proxy
+from qproxy.slurm.proxyproc import Recorded
 from tests.support.cluster import Cluster, Job
 
 TOOL = Path(__file__).parents[1] / "support" / "jobtool.py"
@@ -21,8 +22,8 @@ FINAL = {"Completed", "Failed", "Cancelled", "Cancelled - Ran too long"}
 
 def upstream_status(cluster: Cluster, ids: list[str]) -> dict[str, Any]:
     """Ask the emulator directly, with the admin's credential."""
-    from qproxy.proxy.upstream.ibm_runtime import IBMRuntimeUpstream
     from qproxy.secrets import get_secret
+    from qproxy.upstream.ibm_runtime import IBMRuntimeUpstream
 
     config = load(cluster.config)
     upstream = config.upstreams["emulator"]

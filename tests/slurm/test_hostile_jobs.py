@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from qproxy.proxy.process import serve_options
+from qproxy.node.process import is_our_proxy, serve_options
 from qproxy.records import ProxyRecord
-from qproxy.slurm.proxyproc import is_our_proxy
 from tests.support.cluster import Cluster, Job
 from tests.support.waiting import wait_for
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import time
 
-from qproxy.proxy.process import alive
-from qproxy.slurm import spares as spare
-from qproxy.slurm.proxyproc import is_our_proxy
+from qproxy.node import sparepool
+from qproxy.node.process import alive, is_our_proxy
 from tests.support.cluster import Cluster
 
 
 def _ready_spares(cluster: Cluster) -> list[tuple[int, str]]:
-    return [(pid, sid) for path, pid, sid in spare.listing(cluster.run_dir)
+    return [(pid, sid) for path, pid, sid in sparepool.listing(cluster.run_dir)
             if path.name.endswith(".sock")]
 
 

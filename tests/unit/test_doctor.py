@@ -65,7 +65,7 @@ def test_config_problems_each_on_a_line(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 def test_lowered_unprivileged_port_start_is_reported(tmp_path: Path) -> None:
     """In a network namespace whose admin let users bind low ports, doctor says the proxy
-    ports are not safe, and a proxy would refuse them (the same check, qproxy.proxy.ports)."""
+    ports are not safe, and a proxy would refuse them (the same check, qproxy.node.ports)."""
     script = ("sysctl -q -w net.ipv4.ip_unprivileged_port_start=200 && "
               f"{sys.executable} -m qproxy doctor --config {CONF} "
               f"--plugstack {tmp_path / 'none.conf'}")

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from qproxy.proxy import envelope
-from qproxy.proxy.upstream import jsonx
+from qproxy.upstream import jsonx
 
 
 def _forwarded(body: bytes) -> bytes:

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from qproxy.config import load
+from qproxy.node.process import is_our_proxy
 from qproxy.slurm import lease, proxyproc
 from qproxy.slurm.prolog import JobRefused, check
-from qproxy.slurm.slurmcli import JobRecord, gres_lanes, parse_licenses
+from qproxy.slurmcli.parse import gres_lanes, parse_licenses
+from qproxy.slurmcli.record import JobRecord
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "qproxy.toml"
 
@@ -129,7 +131,7 @@ HET_2205 = [{"job_id": 3, "het_job_id": 3, "het_job_offset": 0, "het_job_id_set"
 
 
 def test_het_job_id_parsed() -> None:
-    from qproxy.slurm.slurmcli import record_from_json, record_from_text
+    from qproxy.slurmcli.record import record_from_json, record_from_text
 
     assert [record_from_json(j).het_job_id for j in HET_2205] == ["3", "3"]
     assert record_from_json({"job_id": 5, "het_job_id": 0}).het_job_id == ""
@@ -141,7 +143,7 @@ def test_het_job_id_parsed() -> None:
     # none of the captured plain jobs of 22.05, 24.11 and 26.05 reads as a component
     import json
 
-    from qproxy.slurm.slurmcli import jobs_of
+    from qproxy.slurmcli.parse import jobs_of
 
     seen = 0
     for path in (CONF.parents[1] / "tests" / "data" / "slurm").glob("*/*json*.json"):
@@ -160,8 +162,8 @@ def test_het_component_without_lanes(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     with lanes, a plain job without lanes, or a het job where no component has lanes are
     unchanged (the last two keep the "needs QPU lanes" refusal)."""
     from qproxy.slurm import prolog, taskenv
-    from qproxy.slurm.slurmcli import record_from_json
     from qproxy.slurm.state import JobState
+    from qproxy.slurmcli.record import record_from_json
 
     comps = [record_from_json(j, "squeue") for j in HET_2205]
     monkeypatch.setattr(prolog, "het_components", lambda het: [c for c in comps
@@ -209,7 +211,7 @@ def test_reap_plan(tmp_path: Path) -> None:
              for job, cfg in (("7", str(tmp_path / "q.toml")), ("8", "/elsewhere.toml"))]
     try:
         deadline = time.monotonic() + 10
-        while not all(proxyproc.is_our_proxy(p.pid, j) for p, j in zip(procs, "78", strict=True)):
+        while not all(is_our_proxy(p.pid, j) for p, j in zip(procs, "78", strict=True)):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         actions = plan(config, live={"2"}, asked=time.time())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qproxy.proxy.audit import AuditLog, AuditUnavailable, bound, verify
+from qproxy.node.audit import AuditLog, AuditUnavailable, bound, verify
 from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.policy.inflight import InflightBudget
 from qproxy.proxy.policy.sessions import SessionPolicy

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qproxy import config as cfg
 from qproxy.admin.metrics import collect
-from qproxy.admin.metricsstore import FOLDED_MARK, LIVE_FILE, PENDING_DIR, RETIRED_FILE, retire
+from qproxy.node.metricsstore import FOLDED_MARK, LIVE_FILE, PENDING_DIR, RETIRED_FILE, retire
 from qproxy.proxy.metrics import ProxyMetrics, endpoint
 from qproxy.proxy.policy.lanes import LaneGate
 

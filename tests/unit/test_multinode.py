@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qproxy.config import ConfigError, load, port_range
-from qproxy.proxy.relayauth import (
+from qproxy.proxy.relay.auth import (
     check_relay_token,
     format_hostport,
     load_cluster_key,
@@ -24,14 +24,10 @@ from qproxy.proxy.relayauth import (
 from qproxy.records import ProxyRecord
 from qproxy.secrets import SecretsError
 from qproxy.slurm import prolog as pl
-from qproxy.slurm.slurmcli import (
-    JobRecord,
-    SlurmError,
-    qpu_comment,
-    record_from_json,
-    record_from_text,
-)
 from qproxy.slurm.state import JobState
+from qproxy.slurmcli.admincomment import qpu_comment
+from qproxy.slurmcli.record import JobRecord, record_from_json, record_from_text
+from qproxy.slurmcli.run import SlurmError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "qproxy.toml"
 DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"

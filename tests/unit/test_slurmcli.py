@@ -1,9 +1,10 @@
-"""The one Slurm output parser (qproxy/slurm/slurmcli.py) on the shapes each Slurm version
+"""The Slurm output parsers (qproxy/slurmcli/: parse, record) on the shapes each Slurm version
 prints: 22.05 (bookworm), 24.11 (trixie, data_parser v0.0.42) and 26.05 (sid). Captured
 outputs of real clusters live in tests/data/slurm/<version>/ and are parsed here too."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 from pathlib import Path
@@ -11,19 +12,19 @@ from typing import Any
 
 import pytest
 
-from qproxy.slurm import slurmcli
-from qproxy.slurm.slurmcli import (
+from qproxy.slurmcli import parse, states
+from qproxy.slurmcli.parse import (
     exit_code,
     gres_lanes,
     gres_qpu,
     number,
     parse_licenses,
-    record_from_json,
-    record_from_text,
     state_word,
 )
+from qproxy.slurmcli.record import record_from_json, record_from_text
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "slurm"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data" / "slurm"
 
 
 def _n(value: float, infinite: bool = False, set_: bool = True) -> dict[str, Any]:
@@ -151,13 +152,13 @@ def test_captured_job(version: str, kind: str) -> None:
         assert not scontrol_json.strip(), "22.05 has no scontrol --json"
     else:
         sources.append(json.loads(scontrol_json))
-    recs = [record_from_json(j) for doc in sources for j in slurmcli.jobs_of(doc)
+    recs = [record_from_json(j) for doc in sources for j in parse.jobs_of(doc)
             if str(j.get("job_id")) == job_id]
     line = (d / f"scontrol-o-show-job-{kind}.txt").read_text().splitlines()[0]
     recs.append(record_from_text(job_id, line))
     assert len(recs) == len(sources) + 1
     for rec in recs:
-        assert rec.state == state if state else rec.state in slurmcli.FINAL_STATES, rec
+        assert rec.state == state if state else rec.state in states.FINAL_STATES, rec
         assert (rec.user, rec.user_id) == ("qpuuser", 1001), rec
         assert rec.account == ""
         assert (rec.gres_qpu, rec.licenses) == (gres, licenses), (rec.source, rec)
@@ -172,5 +173,31 @@ def test_finished_jobs_need_states_all_from_24_11(version: str) -> None:
     out of ``squeue --json --jobs N`` unless ``--states all`` is given (22.05 lists all)."""
     job_id = _job_ids(version)["finished-plain"]
     doc = json.loads((DATA / version / "squeue-json-jobs-finished-plain.json").read_text())
-    listed = [j for j in slurmcli.jobs_of(doc) if str(j.get("job_id")) == job_id]
+    listed = [j for j in parse.jobs_of(doc) if str(j.get("job_id")) == job_id]
     assert bool(listed) == version.startswith("22.05")
+
+
+def _qproxy_imports(path: Path) -> set[str]:
+    """The ``qproxy...`` modules a file imports (at any depth, type-checking ones included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m == "qproxy" or m.startswith("qproxy.")}
+
+
+def test_job_side_reads_slurm_without_the_root_hooks() -> None:
+    """qproxy/slurmcli is the bottom layer (stdlib and itself only), and job-side code
+    (qproxy/client, qiskit_slurm_provider) imports nothing of the root hooks' qproxy.slurm."""
+    for path in (ROOT / "qproxy" / "slurmcli").glob("*.py"):
+        outside = {m for m in _qproxy_imports(path) if not m.startswith("qproxy.slurmcli")}
+        assert not outside, (path.name, outside)
+    job_side = [*(ROOT / "qproxy" / "client").rglob("*.py"),
+                *(ROOT / "qiskit_slurm_provider").rglob("*.py")]
+    assert job_side
+    for path in job_side:
+        hooks = {m for m in _qproxy_imports(path)
+                 if m == "qproxy.slurm" or m.startswith("qproxy.slurm.")}
+        assert not hooks, (path, hooks)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from qproxy.config import ConfigError, load
-from qproxy.proxy.upstream import KINDS, connect
-from qproxy.proxy.upstream.ibm_runtime import IBMRuntimeUpstream
+from qproxy.upstream import KINDS, connect
+from qproxy.upstream.ibm_runtime import IBMRuntimeUpstream
 
 BASE = """
 [upstreams.emu]
@@ -42,3 +42,14 @@ def test_unknown_kind_is_a_config_problem(tmp_path: Path) -> None:
         load(_conf(tmp_path, 'kind = "ionq"'))
     assert '[upstreams.emu].kind must be a known upstream kind (ibm-runtime), got "ionq"' in str(
         err.value)
+
+
+def test_kind_table_matches_the_config_names() -> None:
+    """The config owns the kind names (it imports nothing above it); the seam's table must
+    give every one of them a class, and no more."""
+    from qproxy.config import UPSTREAM_KINDS
+
+    assert set(KINDS) == set(UPSTREAM_KINDS)
+    for target in KINDS.values():
+        module, _, cls = target.partition(":")
+        assert hasattr(__import__(module, fromlist=[cls]), cls)

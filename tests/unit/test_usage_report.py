@@ -13,7 +13,7 @@ import pytest
 
 from qproxy.admin import usage, usagereport
 from qproxy.records import UsageRecord
-from qproxy.slurm.slurmcli import AcctJob, parse_sacct
+from qproxy.slurmcli.sacct import AcctJob, parse_sacct
 
 DAY = 86400.0
 T0 = 1_796_000_000.0 // DAY * DAY  # a UTC midnight

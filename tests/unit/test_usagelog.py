@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from qproxy import usagelog
 from qproxy.admin import audit as audit_cli
 from qproxy.config import load
-from qproxy.proxy.audit import load_key
+from qproxy.node import usagelog
+from qproxy.node.audit import load_key
 from qproxy.records import ProxyRecord, UsageRecord
 from qproxy.slurm import epilog
 from qproxy.slurm.state import JobState
@@ -86,7 +86,7 @@ def test_lowered_usage_is_detected(booked: Any, capsys: pytest.CaptureFixture[st
 def test_rechained_without_the_key_is_detected(booked: Any,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """A forger who rewrites the line and recomputes an unkeyed hash gains nothing."""
-    from qproxy.proxy.audit import record_hash
+    from qproxy.node.audit import record_hash
 
     lines = [json.loads(ln) for ln in _lines(booked)]
     lines[1]["quantum_seconds"] = 0.0

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qproxy.client.slurm_mode.errors import DeadlockError
-from qproxy.slurm.slurmcli import RUNNING_STATES, JobRecord, Slurm, SlurmError
+from qproxy.slurmcli.record import JobRecord
+from qproxy.slurmcli.run import SlurmError
+from qproxy.slurmcli.states import RUNNING_STATES
+from qproxy.slurmcli.submit import Slurm
 
 if TYPE_CHECKING:
     from qproxy.config import Config

@@ -25,8 +25,9 @@ from qproxy.client.slurm_mode.errors import (
     SlurmNodeFailure,
     SlurmPrimitiveError,
 )
-from qproxy.slurm import slurmcli
-from qproxy.slurm.slurmcli import Slurm, SlurmError
+from qproxy.slurmcli import states
+from qproxy.slurmcli.run import SlurmError
+from qproxy.slurmcli.submit import Slurm
 
 PAYLOAD = "payload.json"
 RESULT = "result.json"
@@ -52,13 +53,13 @@ _in_flight_lock = threading.Lock()
 
 
 def _coarse(state: str) -> SlurmJobStatus:
-    if state in slurmcli.DONE_STATES:
+    if state in states.DONE_STATES:
         return SlurmJobStatus.DONE
-    if state in slurmcli.CANCELLED_STATES:
+    if state in states.CANCELLED_STATES:
         return SlurmJobStatus.CANCELLED
-    if state in slurmcli.FINAL_STATES:
+    if state in states.FINAL_STATES:
         return SlurmJobStatus.FAILED
-    if state in slurmcli.RUNNING_STATES:
+    if state in states.RUNNING_STATES:
         return SlurmJobStatus.RUNNING
     return SlurmJobStatus.PENDING
 
@@ -223,12 +224,12 @@ class SlurmPrimitiveJob(BasePrimitiveJob[Any, SlurmJobStatus]):
 
     def _error(self, what: str | None = None) -> SlurmPrimitiveError:
         state = self.slurm_state
-        if state in slurmcli.CANCELLED_STATES:
+        if state in states.CANCELLED_STATES:
             cls: type[SlurmPrimitiveError] = SlurmJobCancelled
             what = what or "was cancelled"
-        elif state in slurmcli.TIMEOUT_STATES:
+        elif state in states.TIMEOUT_STATES:
             cls, what = SlurmJobTimeout, what or "hit its time limit"
-        elif state in slurmcli.NODE_FAIL_STATES:
+        elif state in states.NODE_FAIL_STATES:
             cls, what = SlurmNodeFailure, what or "was lost to a node failure"
         else:
             cls, what = SlurmJobFailed, what or "failed"
@@ -255,7 +256,7 @@ class SlurmPrimitiveJob(BasePrimitiveJob[Any, SlurmJobStatus]):
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             rec = self._slurm.show(self.job_id())
-            if rec is None or rec.state in slurmcli.FINAL_STATES:
+            if rec is None or rec.state in states.FINAL_STATES:
                 break
             time.sleep(0.2)
         status = self._refresh()

@@ -37,7 +37,8 @@ from qproxy.client.slurm_mode.job import (
     _in_flight,
     _in_flight_lock,
 )
-from qproxy.slurm.slurmcli import Slurm, SlurmError
+from qproxy.slurmcli.run import SlurmError
+from qproxy.slurmcli.submit import Slurm
 
 WORKDIR_ENV = "QPROXY_SLURM_WORKDIR"
 MAX_IN_FLIGHT_ENV = "QPROXY_SLURM_MAX_IN_FLIGHT"

@@ -8,7 +8,7 @@ dropping its record instead would let a job outrun its own audit trail by fillin
 
 from __future__ import annotations
 
-from qproxy.proxy.audit import AuditLog
+from qproxy.node.audit import AuditLog
 from qproxy.proxy.policy.errors import PolicyError
 
 

@@ -21,8 +21,8 @@ from qproxy.proxy import envelope
 from qproxy.proxy.context import CTX, JobContext
 from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.policy.tags import merge_tags
-from qproxy.proxy.upstream import jsonx
 from qproxy.runtime_api import is_final, job_status, parse_time
+from qproxy.upstream import jsonx
 
 CHUNK = 64 * 1024
 # Request headers from the job worth passing upstream (never Authorization / Service-CRN).

@@ -20,9 +20,9 @@ import aiohttp
 import orjson
 
 from qproxy.config import UpstreamSettings
-from qproxy.proxy.upstream import jsonx
-from qproxy.proxy.upstream.base import DeviceStatus, Upstream, UpstreamError
-from qproxy.proxy.upstream.guard import OwnerCheckedConnector, UntrustedListener
+from qproxy.upstream import jsonx
+from qproxy.upstream.base import DeviceStatus, Upstream, UpstreamError
+from qproxy.upstream.guard import OwnerCheckedConnector, UntrustedListener
 
 __all__ = ["IBMRuntimeUpstream", "UpstreamError"]
 

@@ -4,14 +4,15 @@ It holds no vendor key (it never reads the secrets file) and enforces no QPU pol
 it authenticates this node's tasks with its own per-job token, exactly like a job's proxy
 (the client's IAM exchange is answered here, ``routes.iam``), and forwards every Runtime
 API request -- method, path, query, the headers a proxy forwards, the body streamed -- to the
-job's primary proxy with this job's relay header (``qproxy.proxy.relayauth``), streaming the
+job's primary proxy with this job's relay header (``qproxy.proxy.relay.auth``), streaming the
 answer back. So every task of the job, on any node, goes through the primary's one lane
 gate, ownership and audit log, and the job never holds anything worth more than its own job.
 
-Same contract with the Slurm hooks as ``qproxy serve``: once listening, the env file (the
-same client variables); on SIGTERM stop, write the summary (requests and bytes; upstream
-usage is the primary's), remove the env file, exit 0. A primary that is gone is a 502 in the
-Runtime API's error shape.
+Same contract with the Slurm hooks as ``qproxy serve`` (the skeleton both share:
+``qproxy.proxy.lifecycle``): once listening, the env file (the same client variables); on
+SIGTERM stop, write the summary (requests and bytes; upstream usage is the primary's),
+remove the env file, exit 0. A primary that is gone is a 502 in the Runtime API's error
+shape.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qproxy import config as cfg
 from qproxy.clientenv import client_env
-from qproxy.files import atomic_write
-from qproxy.proxy.audit import AuditLog
+from qproxy.node.audit import AuditLog
+from qproxy.node.envfile import remove_env_file, write_env_file
 from qproxy.proxy.auth import JobAuth, new_job_token
-from qproxy.proxy.relayauth import (
+from qproxy.proxy.lifecycle import EarlyStop, Signals, setup_logging, write_summary
+from qproxy.proxy.relay.auth import (
     NODE_HEADER,
     RELAY_HEADER,
     format_hostport,
@@ -120,7 +122,7 @@ def _source_socket(addr_info: Any) -> Any:
     root, never as a neighbour's; else any port (the relay header still proves them)."""
     import socket
 
-    from qproxy.proxy.ports import reserved_source_socket
+    from qproxy.node.ports import reserved_source_socket
 
     family = addr_info[0]
     try:
@@ -276,27 +278,13 @@ async def _body(request: web.Request) -> Any:
         yield chunk
 
 
-# --- the process ----------------------------------------------------------------------------
-def setup_logging() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s qproxy %(levelname)s %(message)s")
-
-
-class _Stop(BaseException):
-    pass
-
-
-def _early_stop(_signum: int, _frame: Any) -> None:
-    raise _Stop
-
-
+# --- the process (skeleton shared with serve: qproxy.proxy.lifecycle) -----------------------
 def main(argv: list[str]) -> int:
     """Load the config and the cluster key (never the secrets), bind, write the env file,
     then import aiohttp and serve until SIGTERM."""
     args = parse_args(argv)
     setup_logging()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _early_stop)
+    Signals(interruptible=True).install()  # until the loop owns them: stop at once
     try:
         target = parse_hostport(args.relay_to)
         if target is None:
@@ -311,7 +299,7 @@ def main(argv: list[str]) -> int:
     except (cfg.ConfigError, SecretsError, OSError) as exc:
         print(f"qproxy serve: {exc}", file=sys.stderr)
         return 1
-    except _Stop:
+    except EarlyStop:
         return 0
     audit_path = args.audit_log or conf.audit_dir / f"job-{args.job_id}.jsonl"
     primary = format_hostport(*target)
@@ -321,7 +309,7 @@ def main(argv: list[str]) -> int:
         token = new_job_token()
         port = sock.getsockname()[1]
         env = client_env(f"http://{conf.proxy.host}:{port}", token, instance)
-        atomic_write(args.env_file, "".join(f"{k}={v}\n" for k, v in env.items()).encode())
+        write_env_file(args.env_file, env)
         audit.record("start", role="relay", backend=resource.name, primary=primary,
                      node=node, port=port, pid=os.getpid())
         log.info("job %s: relay for %s on %s:%d -> primary %s", args.job_id, resource.name,
@@ -334,7 +322,7 @@ def main(argv: list[str]) -> int:
             read_timeout=max(900.0, conf.proxy.lanes_wait_seconds + 120))
         try:
             asyncio.run(_serve(relay, sock))
-        except _Stop:
+        except EarlyStop:
             pass
         _finish(args, relay, resource.name)
         return 0
@@ -342,10 +330,7 @@ def main(argv: list[str]) -> int:
         print(f"qproxy serve: {exc}", file=sys.stderr)
         return 1
     finally:
-        try:
-            args.env_file.unlink()
-        except FileNotFoundError:
-            pass
+        remove_env_file(args.env_file)
 
 
 async def _serve(relay: Relay, sock: Any) -> None:
@@ -364,16 +349,9 @@ async def _serve(relay: Relay, sock: Any) -> None:
 
 
 def _finish(args: argparse.Namespace, relay: Relay, backend: str) -> None:
-    summary_path = args.summary_file or args.env_file.parent / "summary.json"
     st = relay.stats
     counted = JobSummary(job_id=args.job_id, user=args.user, backend=backend,
                          requests=st["requests"], bytes_in=st["bytes_in"],
                          bytes_out=st["bytes_out"])
-    relay.audit.record("summary", role="relay", **{
-        k: v for k, v in asdict(counted).items() if v is not None and not k.startswith("audit_")})
-    summary = JobSummary(**{**asdict(counted), "audit_log": str(relay.audit.path),
-                            "audit_head": relay.audit.head,
-                            "audit_records": relay.audit.count})
-    relay.audit.close()
-    atomic_write(summary_path, summary.to_json())
+    write_summary(args, relay.audit, counted, role="relay")
     log.info("job %s: relay done (%d requests)", args.job_id, relay.stats["requests"])

@@ -1,7 +1,7 @@
 """``{audit_dir}/usage.jsonl``: one line per job and node, HMAC-chained like the audit logs.
 
 Each line is a :class:`~qproxy.records.UsageRecord` plus ``seq``, ``prev`` and ``hash`` (the
-audit key's HMAC over the line's canonical JSON, see :mod:`qproxy.proxy.audit`): editing a
+audit key's HMAC over the line's canonical JSON, see :mod:`qproxy.node.audit`): editing a
 line (a lower ``quantum_seconds``) or deleting one from the middle breaks the chain, and
 nobody without the root-only key can re-chain the file. A cut tail cannot be seen in the
 file itself, so :func:`verify` also joins it with the audit logs beside it: every audit log
@@ -20,8 +20,9 @@ from typing import Any
 
 import orjson
 
-from qproxy.proxy.audit import GENESIS, record_hash
-from qproxy.proxy.audit import verify as verify_audit
+from qproxy.files import open_append
+from qproxy.node.audit import GENESIS, record_hash
+from qproxy.node.audit import verify as verify_audit
 from qproxy.records import UsageRecord
 
 FILE_NAME = "usage.jsonl"
@@ -39,7 +40,7 @@ def _last_line(fd: int) -> bytes:
 
 def append(path: Path, usage: UsageRecord, key: bytes | None) -> None:
     """Append usage's line, chained to the last one (OSError if the disk refuses it)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    fd = open_append(path, readable=True, nofollow=True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         seq, prev = 0, GENESIS

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qproxy.config import Config, ConfigError, port_range
-from qproxy.proxy.ports import bind_privileged
+from qproxy.node.ports import bind_privileged
 from qproxy.secrets import SecretsError, check_private
 
 RELAY_HEADER = "X-QProxy-Relay"

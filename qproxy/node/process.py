@@ -1,5 +1,6 @@
-"""How a running ``qproxy serve`` process is recognised (the PID-reuse guard's facts), shared by
-the proxy's own spare pool and the Slurm hooks that start and stop proxies."""
+"""How a running ``qproxy serve`` process is recognised (the PID-reuse guard), shared by the
+spare pool, the Slurm hooks that start and stop proxies, and ``qproxy status`` / ``metrics``:
+the one place a job id (or a spare id) is matched against a live process."""
 
 from __future__ import annotations
 
@@ -97,3 +98,20 @@ def start_ticks(pid: int) -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def is_our_proxy(pid: int, job_id: str, spare: str | None = None,
+                 start: int | None = None) -> bool:
+    """Guard against PID reuse: the process must be `qproxy serve --job-id <job_id>`, or
+    forked by the spare the prolog handed this job to (`qproxy serve --spare <spare>`, see
+    qproxy.proxy.spare) -- and, when the record has one, have the recorded start time: all
+    of a spare's proxies (and the spare) share that command line."""
+    wanted = {("--job-id", job_id)} | ({("--spare", spare)} if spare else set())
+    if not serve_options(pid) & wanted:
+        return False
+    return start is None or start_ticks(pid) == start
+
+
+def is_spare(pid: int, spare_id: str) -> bool:
+    """PID-reuse guard: the process must be ``qproxy serve --spare <spare_id>``."""
+    return ("--spare", spare_id) in serve_options(pid)

@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from qproxy.files import open_append
+
 GENESIS = "0" * 64
 # A user controls paths, backend names, ids and messages built from them: an 8 KB path must
 # not become 16 KB of audit log (it did: JSON-escaped control bytes, twice, before this cap).
@@ -172,7 +174,7 @@ class AuditLog:
         self._clock = clock
         self._wrote = False
         self._context = context
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        self._fd = open_append(path, nofollow=True)
 
     @property
     def count(self) -> int:

@@ -1,4 +1,4 @@
-"""The primary proxy's relay listener (see ``qproxy.proxy.relayauth``): the same app, routes,
+"""The primary proxy's relay listener (see ``qproxy.proxy.relay.auth``): the same app, routes,
 policies and job context as the job-facing listener, with one difference in authentication:
 a request must carry this job's relay header (the job token alone is refused; the IAM
 exchange is not served: each relay answers its own tasks' exchanges). Audit records of
@@ -17,7 +17,7 @@ from qproxy.proxy.connlimit import ConnGuard
 from qproxy.proxy.context import CTX, GUARD, JobContext
 from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
-from qproxy.proxy.relayauth import (
+from qproxy.proxy.relay.auth import (
     NODE_HEADER,
     RELAY_HEADER,
     RelayListener,

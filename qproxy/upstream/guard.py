@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from qproxy.proxy.peer import peer_uid
+from qproxy.node.peer import peer_uid
 
 
 class UntrustedListener(aiohttp.ClientConnectionError):
