@@ -1,5 +1,5 @@
-"""`scripts/cluster up|down|status|env|install|exec`: one Settings from argv/env, then the single- or
-several-node layout's command."""
+"""`scripts/cluster up|down|status|env|install|exec`: one Settings from argv/env, then the
+single- or several-node layout's command."""
 
 from __future__ import annotations
 
