@@ -15,7 +15,7 @@ the routes (body reads, ``client_body_timeout_seconds``).
 The middleware ``conn_mw`` (app.py) tells the guard when a request's headers are complete
 (``started``) and when its handler is done (``finished``).
 
-A multi-node primary's relay listener (relaylisten.py) is reached from other nodes, where the
+A multi-node primary's relay listener (relay/listen.py) is reached from other nodes, where the
 peer's uid is unknown: there a connection from a privileged source port is a node's root
 (relays bind one, see ports.reserved_source_socket); any other counts as a neighbour's until a
 request on it proves it is the job's relay (``promote``), and one that fails is closed.
