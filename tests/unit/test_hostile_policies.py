@@ -45,6 +45,21 @@ def test_unauth_bucket_and_summary() -> None:
     assert len(s["first"]) < 80 and g.take_summary() is None
 
 
+def test_unauth_buckets_are_per_uid() -> None:
+    """One uid's junk empties its own bucket only (issue 24: one shared bucket let a
+    neighbour turn the job's refusals into 429s); the summary says whose they were."""
+    now = [0.0]
+    g = UnauthGate(rate=1, burst=2, window=10, clock=lambda: now[0])
+    assert [g.allow(65534) for _ in range(3)] == [True, True, False]
+    assert g.exhausted(65534) and not g.exhausted(1000) and not g.exhausted(None)
+    assert g.allow(1000) and g.allow(None)
+    for uid in (65534, 65534, 1000, None):
+        g.count(429, "GET", "/x", uid)
+    now[0] = 10.0
+    s = g.take_summary()
+    assert s is not None and s["uids"] == {"1000": 1, "65534": 2, "unknown": 1}
+
+
 def test_inflight_budget_waits_then_refuses() -> None:
     async def run() -> None:
         b = InflightBudget(30, wait_seconds=0.2)
