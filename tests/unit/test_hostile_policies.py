@@ -24,7 +24,17 @@ def test_reserved_tags(tag: str) -> None:
     assert merge_tags([tag, "ok"], ["slurm_job:7"]) == ["ok", "slurm_job:7"]
 
 
-@pytest.mark.parametrize("tag", ["mine", "slurmjob", "日本語のタグです", "slurm", "lurm_x"])
+@pytest.mark.parametrize("tag", [
+    "\u3164slurm_job:1", "\u2800slurm_job:1", "\uffa0slurm_user:x", "\u115fslurm_job:1",
+    "\u2800\u3164 slurm_account:x", "slurm\u180e_job:1", "\U000e0020slurm_job:1",
+    "s\u0489lurm_job:1", "\x01slurm_job:1", "\U0001d159slurm_job:1", "slurm\ufe0f_job:1"])
+def test_reserved_tags_behind_invisible_fillers(tag: str) -> None:
+    """Tags that show as ``slurm_...`` because what precedes or splits it renders as nothing
+    (issue 24: U+3164 and U+2800 passed the filter)."""
+    assert is_reserved(tag)
+
+
+@pytest.mark.parametrize("tag", ["mine", "slurmjob", "\u2800", "\u3164x", "日本語のタグです", "slurm", "lurm_x"])
 def test_ordinary_tags(tag: str) -> None:
     assert not is_reserved(tag)
 
