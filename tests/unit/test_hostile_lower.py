@@ -1,0 +1,83 @@
+"""The lower items of issue 24, each as a unit: the Slurm-mode cache writer and the atomic
+writer with planted symlinks, `qproxy metrics --listen` under held connections, `qproxy
+emulator device` against a user's listener, `qproxy doctor` with IBM's spank_qrmi in the
+plugstack, the GRES example, and a spare's identity after a dependency changed on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from qproxy.client.slurm_mode import targetcache
+from qproxy.files import atomic_write
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _backend() -> Any:
+    doc = SimpleNamespace(to_dict=lambda: {"n_qubits": 2})
+    return SimpleNamespace(configuration=lambda: doc, properties=lambda: doc)
+
+
+def _plant(d: Path, name: str, victim: Path) -> None:
+    """Symlinks at the temp names the next pids would use (what a neighbour can do in a
+    directory it controls), all pointing at the victim."""
+    for pid in range(os.getpid() - 2, os.getpid() + 64):
+        link = d / f".{name}.{pid}.tmp"
+        if not link.is_symlink():
+            link.symlink_to(victim)
+
+
+def test_target_cache_writer_refuses_a_planted_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "project"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o1777)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    planted = shared / ".targets"  # another user's, writable by all
+    planted.mkdir()
+    planted.chmod(0o777)
+    _plant(planted, "ibm_torino.json", victim)
+    path = targetcache.path_for(shared, "ibm_torino")
+    with pytest.raises(ValueError, match="writable by others"):
+        targetcache.write(path, _backend())
+    assert victim.read_text() == "precious" and not path.exists()
+    # .targets a symlink to a directory elsewhere: not followed either
+    other = tmp_path / "other"
+    other.mkdir()
+    link = tmp_path / "w2"
+    link.mkdir()
+    (link / ".targets").symlink_to(other)
+    with pytest.raises(OSError):
+        targetcache.write(targetcache.path_for(link, "ibm_torino"), _backend())
+    assert not list(other.iterdir())
+
+
+def test_target_cache_writer_never_follows_a_temp_name(tmp_path: Path) -> None:
+    """Even in the user's own directory, a symlink left at the old predictable temp name
+    is not written through."""
+    work = tmp_path / "work"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    path = targetcache.path_for(work, "ibm_torino")
+    path.parent.mkdir(parents=True, mode=0o700)
+    _plant(path.parent, path.name, victim)
+    targetcache.write(path, _backend())
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and targetcache.trusted(path)
+    assert '"n_qubits": 2' in path.read_text()
+
+
+def test_atomic_write_never_follows_a_temp_name(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    target = tmp_path / "d" / "out.json"
+    target.parent.mkdir()
+    _plant(target.parent, target.name, victim)
+    atomic_write(target, "{}")
+    assert victim.read_text() == "precious" and target.read_text() == "{}"
+    assert not target.is_symlink() and target.stat().st_mode & 0o777 == 0o600
