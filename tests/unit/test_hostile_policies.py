@@ -34,7 +34,8 @@ def test_reserved_tags_behind_invisible_fillers(tag: str) -> None:
     assert is_reserved(tag)
 
 
-@pytest.mark.parametrize("tag", ["mine", "slurmjob", "\u2800", "\u3164x", "日本語のタグです", "slurm", "lurm_x"])
+@pytest.mark.parametrize("tag", ["mine", "slurmjob", "\u2800", "\u3164x", "日本語のタグです",
+                                 "slurm", "lurm_x"])
 def test_ordinary_tags(tag: str) -> None:
     assert not is_reserved(tag)
 
