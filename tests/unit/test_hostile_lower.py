@@ -81,3 +81,35 @@ def test_atomic_write_never_follows_a_temp_name(tmp_path: Path) -> None:
     atomic_write(target, "{}")
     assert victim.read_text() == "precious" and target.read_text() == "{}"
     assert not target.is_symlink() and target.stat().st_mode & 0o777 == 0o600
+
+
+def _nodes(expr: str) -> list[str]:
+    """node[01-04] / a,b -> names (enough for the examples)."""
+    import re
+
+    out: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", expr):
+        m = re.fullmatch(r"(.*)\[(\d+)-(\d+)\]", part)
+        if m:
+            width = len(m.group(2))
+            out += [f"{m.group(1)}{i:0{width}d}"
+                    for i in range(int(m.group(2)), int(m.group(3)) + 1)]
+        else:
+            out.append(part)
+    return out
+
+
+def test_gres_example_attaches_the_qpu_to_one_node() -> None:
+    """docs/admin.md: a GRES QPU is attached to particular nodes; the example gave qpu:3 to
+    four nodes (12 lanes of a 3-lane device)."""
+    import re
+
+    with_qpu = []
+    for line in (ROOT / "conf" / "slurm-gres.conf").read_text().splitlines():
+        f = dict(re.findall(r"(\w+)=(\S+)", line.split("#", 1)[0]))
+        if "NodeName" in f and "qpu" in f.get("Gres", ""):
+            with_qpu += _nodes(f["NodeName"])
+    assert len(with_qpu) == 1, with_qpu
+    gres = [dict(re.findall(r"(\w+)=(\S+)", ln)) for ln in
+            (ROOT / "conf" / "gres.conf").read_text().splitlines() if ln.strip()[:1] not in "#"]
+    assert [_nodes(g.get("NodeName", "*")) for g in gres if g.get("Name") == "qpu"] == [with_qpu]
