@@ -113,3 +113,39 @@ def test_gres_example_attaches_the_qpu_to_one_node() -> None:
     gres = [dict(re.findall(r"(\w+)=(\S+)", ln)) for ln in
             (ROOT / "conf" / "gres.conf").read_text().splitlines() if ln.strip()[:1] not in "#"]
     assert [_nodes(g.get("NodeName", "*")) for g in gres if g.get("Name") == "qpu"] == [with_qpu]
+
+
+def test_doctor_reports_spank_qrmi_in_an_included_plugstack(tmp_path: Path) -> None:
+    """IBM's spank_qrmi (vendor key into the job's environment) loaded through an
+    ``include`` of plugstack.conf is reported, and spank_qpu is found through one too."""
+    import subprocess
+    import sys
+
+    conf = ROOT / "conf" / "qproxy.toml"
+    so = tmp_path / "spank_qpu.so"
+    so.write_bytes(b"\x7fELF\0qpu_built_for_slurm=24.11.5\0")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "slurmd").write_text("#!/bin/sh\necho 'slurm 24.11.5'\n")
+    (bindir / "slurmd").chmod(0o755)
+    d = tmp_path / "plugstack.conf.d"
+    d.mkdir()
+    (d / "10-qpu.conf").write_text(f"required {so} config={conf}\n")
+    (d / "20-qrmi.conf").write_text(
+        "optional /usr/lib64/slurm/spank_qrmi.so /etc/slurm/qrmi_config.json\n")
+    plugstack = tmp_path / "plugstack.conf"
+    plugstack.write_text("# site plugins\ninclude plugstack.conf.d/*.conf\n")
+    out = subprocess.run([sys.executable, "-m", "qproxy", "doctor", "--config", str(conf),
+                          "--plugstack", str(plugstack)], capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{bindir}:/usr/bin:/bin"}, check=False)
+    bad = [ln for ln in out.stdout.splitlines() if ln.startswith("BAD")]
+    assert out.returncode == 1
+    assert any("spank_qrmi.so" in ln and "20-qrmi.conf" in ln and "API key" in ln
+               for ln in bad), out.stdout
+    assert any(ln.startswith("ok ") and f"plugin {so}: built for Slurm 24.11.5" in ln
+               for ln in out.stdout.splitlines()), out.stdout
+    plugstack.write_text(f"required {so} config={conf}\n")  # without it: nothing about qrmi
+    out = subprocess.run([sys.executable, "-m", "qproxy", "doctor", "--config", str(conf),
+                          "--plugstack", str(plugstack)], capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{bindir}:/usr/bin:/bin"}, check=False)
+    assert "spank_qrmi.so" not in out.stdout
