@@ -149,3 +149,58 @@ def test_doctor_reports_spank_qrmi_in_an_included_plugstack(tmp_path: Path) -> N
                           "--plugstack", str(plugstack)], capture_output=True, text=True,
                          env={**os.environ, "PATH": f"{bindir}:/usr/bin:/bin"}, check=False)
     assert "spank_qrmi.so" not in out.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the listener runs as nobody: needs root")
+def test_emulator_device_sends_no_key_to_a_users_listener(tmp_path: Path) -> None:
+    """A local user bound the emulator's port: `qproxy emulator device` must not hand it the
+    emulator's key (the proxy's listener-owner guard); a root-owned listener gets it."""
+    import http.server
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from tests.proxy import hostile
+
+    key_file = tmp_path / "emulator.key"
+    key_file.write_text("emu-secret-key-1234567890\n")
+    key_file.chmod(0o600)
+
+    def device(port: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "qproxy", "emulator", "device", "fake_fez", "offline",
+             "--url", f"http://127.0.0.1:{port}", "--api-key-file", str(key_file)],
+            capture_output=True, text=True, timeout=60, check=False)
+
+    listener, port = hostile.start_listener(8)
+    r = device(port)
+    got = hostile.listener_received(listener, 30)
+    assert "emu-secret-key" not in got, got[:300]
+    assert r.returncode == 1 and "uid 65534, not root" in r.stderr, r.stderr
+
+    seen: list[str] = []
+
+    class Root(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization", ""))
+            body = json.dumps({"backend": "fake_fez", "status": "offline",
+                               "message": "offline"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_a: Any) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Root)
+    t = threading.Thread(target=srv.handle_request, daemon=True)
+    t.start()
+    try:
+        r = device(srv.server_address[1])
+    finally:
+        t.join(10)
+        srv.server_close()
+    assert r.returncode == 0 and "fake_fez: offline" in r.stdout, r.stderr
+    assert seen == ["apikey emu-secret-key-1234567890"]
