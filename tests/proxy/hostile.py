@@ -88,7 +88,7 @@ print(json.dumps([{"closed": c["closed"], "refused": c["refused"]} for c in conn
 ATTACKER = Path(__file__).resolve().parents[1] / "support" / "attacker.py"
 
 
-def attacker(*args: str) -> subprocess.Popen[str]:
+def attacker(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     """tests/support/attacker.py (what test_hostile_jobs runs in a neighbour's job) as nobody;
     the modules it needs are imported before the drop (the interpreter may live in a
     directory only root can enter)."""
@@ -96,7 +96,7 @@ def attacker(*args: str) -> subprocess.Popen[str]:
             + f"sys.argv = [{str(ATTACKER)!r}, *sys.argv[1:]]\n"
             + "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            text=True)
+                            text=True, cwd=cwd)
 
 
 def attacker_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:

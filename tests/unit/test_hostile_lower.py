@@ -204,3 +204,76 @@ def test_emulator_device_sends_no_key_to_a_users_listener(tmp_path: Path) -> Non
         srv.server_close()
     assert r.returncode == 0 and "fake_fez: offline" in r.stdout, r.stderr
     assert seen == ["apikey emu-secret-key-1234567890"]
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith("Threads:"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the neighbour runs as nobody: needs root")
+def test_metrics_listen_holds_no_thread_per_connection(tmp_path: Path) -> None:
+    """A neighbour (uid 65534) opens 300 idle connections and trickles headers on 4 more:
+    the root server never holds more than LISTEN_THREADS threads (the neighbour's uid at
+    most LISTEN_PER_UID), ends every connection within LISTEN_SECONDS however slowly it
+    sends, and root's scrape is served meanwhile (before: 300 threads, held as long as the
+    neighbour liked)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from qproxy.admin.metrics import LISTEN_PER_UID, LISTEN_SECONDS, LISTEN_THREADS
+    from tests.proxy import hostile
+
+    conf = tmp_path / "q.toml"
+    conf.write_text(f"""
+[paths]
+state_dir = "{tmp_path / 'state'}"
+audit_dir = "{tmp_path / 'audit'}"
+secrets_file = "{tmp_path / 'secrets.toml'}"
+[upstreams.emu]
+url = "http://127.0.0.1:1/api/v1"
+iam_url = "http://127.0.0.1:1"
+instance = "crn:v1:x"
+api_key_secret = "emu"
+[resources.ibm_fez]
+upstream = "emu"
+backend = "fake_fez"
+lanes = 4
+""")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "qproxy", "metrics", "--config", str(conf),
+                               "--listen", f"127.0.0.1:{port}"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None and "serving" in server.stderr.readline()
+        work = tmp_path / "nobody"
+        work.mkdir(mode=0o777)
+        work.chmod(0o777)
+        idle = hostile.attacker("hold", str(port), "300", "8", cwd=work)
+        slow = hostile.slowloris(port, 4, 9.0)
+        deadline = time.monotonic() + 20
+        while not (work / "holding").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert scrape.status == 200 and b"qproxy_" in scrape.read()
+        peak = 0
+        while idle.poll() is None or slow.poll() is None:  # ~9 s
+            peak = max(peak, _threads(server.pid))
+            time.sleep(0.1)
+        held = hostile.attacker_result(idle, 60)["hold"]
+        trickled = hostile.slowloris_result(slow, 60)
+        print(f"most threads while a neighbour held 300 idle + 4 slow connections: {peak}; "
+              f"neighbour: {held}; slow ones closed after {[c['closed'] for c in trickled]} s")
+        assert peak <= LISTEN_PER_UID + 1, peak  # the neighbour's share, and the main thread
+        assert held["held"] <= LISTEN_PER_UID, held
+        assert all(c["closed"] is not None and c["closed"] < LISTEN_SECONDS + 1.5
+                   for c in trickled), trickled
+        assert LISTEN_THREADS < 300
+    finally:
+        server.terminate()
+        server.wait(10)
