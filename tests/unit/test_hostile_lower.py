@@ -277,3 +277,22 @@ lanes = 4
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_spare_identity_covers_the_interpreter(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python security update replaces the interpreter at the same path: the identity a
+    prolog sends must differ from the spare's (before: only the path was in it)."""
+    import sys
+
+    from qproxy.proxy.spare import identity
+
+    exe = tmp_path / "python3"
+    exe.write_bytes(b"old build")
+    monkeypatch.setattr(sys, "executable", str(exe))
+    before = identity()
+    new = tmp_path / "python3.new"
+    new.write_bytes(b"new build, same path")
+    os.replace(new, exe)
+    assert identity() != before
+    assert sys.version in identity()
