@@ -269,7 +269,7 @@ lanes = 4
         trickled = hostile.slowloris_result(slow, 60)
         print(f"most threads while a neighbour held 300 idle + 4 slow connections: {peak}; "
               f"neighbour: {held}; slow ones closed after {[c['closed'] for c in trickled]} s")
-        assert peak <= LISTEN_PER_UID + 1, peak  # the neighbour's share, and the main thread
+        assert peak <= LISTEN_PER_UID + 2, peak  # the neighbour's share, main, root's scrape
         assert held["held"] <= LISTEN_PER_UID, held
         assert all(c["closed"] is not None and c["closed"] < LISTEN_SECONDS + 1.5
                    for c in trickled), trickled
