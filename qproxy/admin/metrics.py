@@ -188,7 +188,7 @@ LISTEN_SECONDS = 5.0
 def _bounded_server(host: str, port: int, handler: Any) -> Any:
     from http.server import ThreadingHTTPServer
 
-    from qproxy.proxy.peer import peer_uid
+    from qproxy.node.peer import peer_uid
 
     class Bounded(ThreadingHTTPServer):
         daemon_threads = True

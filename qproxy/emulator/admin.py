@@ -11,7 +11,7 @@ online again (what IBM's service does with a paused device's jobs).
 
 ``qproxy emulator device NAME STATUS [--message M] --url URL --api-key-file F`` is the client.
 It sends the emulator's key only where the proxy would send a vendor key: over verified https,
-or over plain http to a listener root owns (``qproxy.proxy.upstream.guard``, checked on the
+or over plain http to a listener root owns (``qproxy.upstream.guard``, checked on the
 established connection before a byte is sent) -- not to whoever bound the port while the
 emulator was down.
 """
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
 
 def _put(url: str, path: str, body: bytes, key: str) -> tuple[int, Any]:
     """PUT ``body`` with the key, once the listener is known to be one the key may go to."""
-    from qproxy.proxy.upstream.guard import listener_problem
+    from qproxy.upstream.guard import listener_problem
 
     u = urllib.parse.urlsplit(url)
     conn: http.client.HTTPConnection
