@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 
 from qproxy.node.audit import AuditUnavailable, bound
 from qproxy.proxy.connlimit import ConnGuard
-from qproxy.proxy.context import CTX, GUARD, JobContext
+from qproxy.proxy.context import CTX, GUARD, JobContext, peer_uid_of
 from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
 from qproxy.proxy.relay.auth import RELAY_HEADER
@@ -110,7 +110,7 @@ async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse
         ctx.metrics.request(status, bool(request.get("authenticated")))
         if not request.get("authenticated"):
             # anyone on the node can send these: counted, summarised, never one record each
-            ctx.unauth.count(status, request.method, request.path)
+            ctx.unauth.count(status, request.method, request.path, peer_uid_of(request))
             if ctx.unauth.due():
                 flush_unauthenticated(ctx)
         else:
@@ -170,13 +170,13 @@ async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise PolicyError(401, f"{RELAY_HEADER} is not accepted on this listener")
     ctx = request.app[CTX]
     if request.path == IAM_TOKEN_PATH:
-        if ctx.unauth.exhausted():  # before its form body is read
-            raise PolicyError(429, "too many unauthenticated requests to this QPU proxy")
-        return await handler(request)  # marks the request authenticated once the key is ok
+        # judged by its token first, then by this uid's bucket (routes/iam.py); marked
+        # authenticated there once the key is ok
+        return await handler(request)
     reason = ctx.auth.check_header(request.headers.get("Authorization"))
     if reason is not None:
-        if not ctx.unauth.allow():
-            raise PolicyError(429, "too many unauthenticated requests to this QPU proxy")
+        if not ctx.unauth.allow(peer_uid_of(request)):
+            raise PolicyError(429, iam.TOO_MANY)
         raise PolicyError(401, reason)
     request["authenticated"] = True
     refuse_unaudited(ctx.audit)

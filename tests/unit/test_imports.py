@@ -36,7 +36,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 APART: dict[str, tuple[str, ...]] = {
     "qproxy.client": (),  # runs in the user's job
     "qiskit_slurm_provider": ("qproxy.client",),  # the facade over client/slurm_mode
-    "qproxy.emulator": (),  # the local QPU
+    # the local QPU; its admin client (`qproxy emulator device`) sends the emulator's key
+    # only past the proxy's listener-owner check
+    "qproxy.emulator": ("qproxy.upstream.guard",),
 }
 
 
