@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,11 +47,14 @@ def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE, *,
     in it, so a private file is never briefly readable), then rename it over ``path``.
 
     ``fsync=False`` where durability buys nothing: files under ``state_dir`` live on a tmpfs
-    (``/run``) and are on every job's start."""
+    (``/run``) and are on every job's start.
+
+    The temp file gets a random name and is created with O_EXCL|O_NOFOLLOW: a symlink or file
+    planted at a predictable name (``.<name>.<pid>.tmp`` before) is never followed or reused."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
             view = memoryview(raw)

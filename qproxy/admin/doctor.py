@@ -6,11 +6,15 @@ only, holding each upstream's key), the state and audit directories, and the SPA
 that plugstack.conf loads -- built for this node's Slurm? A .so built against another Slurm
 major.minor is refused by slurmd ("Incompatible plugin version"), and as a `required`
 plugin that fails every job on the node, QPU or not: rebuild it on every Slurm upgrade.
+And no IBM ``spank_qrmi`` in the same plugstack (``include`` globs followed as slurmd does):
+it puts the vendor's API key into the job's environment, the one thing qproxy keeps out of
+jobs (QRMI jobs get the per-job token from qproxy under the same variable).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import re
 import shutil
 import subprocess
@@ -67,14 +71,41 @@ def check_plugin(so: Path) -> tuple[bool, str]:
     return True, f"plugin {so}: built for Slurm {built}, node runs {have}"
 
 
-def plugins_in(plugstack: Path) -> list[Path]:
-    """spank_qpu.so entries of a plugstack.conf (``required|optional PATH args...``)."""
-    found = []
+def plugstack_entries(plugstack: Path, _depth: int = 0) -> list[tuple[Path, Path]]:
+    """(plugin, the file naming it) of every ``required|optional PATH args...`` line of a
+    plugstack.conf and of the files its ``include GLOB`` lines name (a relative glob is taken
+    from the including file's directory, as slurmd's plugstack.c does). A missing top file
+    raises OSError; a missing or unreadable included one is skipped, as slurmd skips it."""
+    found: list[tuple[Path, Path]] = []
     for line in plugstack.read_text().splitlines():
         words = line.split("#", 1)[0].split()
-        if len(words) >= 2 and words[0] in ("required", "optional") and "spank_qpu" in words[1]:
-            found.append(Path(words[1]))
+        if len(words) >= 2 and words[0] in ("required", "optional"):
+            found.append((Path(words[1]), plugstack))
+        elif len(words) >= 2 and words[0] == "include" and _depth < 8:
+            pattern = words[1] if words[1].startswith("/") else str(plugstack.parent / words[1])
+            for name in sorted(glob.glob(pattern)):
+                try:
+                    found += plugstack_entries(Path(name), _depth + 1)
+                except OSError:
+                    continue
     return found
+
+
+def plugins_in(plugstack: Path) -> list[Path]:
+    """spank_qpu.so entries of a plugstack.conf, includes followed."""
+    return [so for so, _ in plugstack_entries(plugstack) if "spank_qpu" in so.name]
+
+
+def check_qrmi(plugstack: Path) -> list[tuple[bool, str]]:
+    """IBM's spank_qrmi next to spank_qpu: it exports the vendor key into jobs."""
+    try:
+        entries = plugstack_entries(plugstack)
+    except OSError:
+        return []
+    return [(False, f"plugstack {where}: loads IBM's {so.name}, which puts the vendor's API key "
+                    "into every job's environment (qproxy exists to keep it out of jobs): "
+                    "remove that line; qproxy gives QRMI jobs the per-job token instead")
+            for so, where in entries if "spank_qrmi" in so.name]
 
 
 def check_config(path: str) -> tuple[list[tuple[bool, str]], cfg.Config | None]:
@@ -139,6 +170,7 @@ def main(argv: list[str]) -> int:
         if not plugins and args.plugstack.exists():
             results.append((False, f"plugstack {args.plugstack}: no spank_qpu.so line"))
     results += [check_plugin(so) for so in plugins]
+    results += check_qrmi(args.plugstack)
     for ok, line in results:
         print(f"{'ok ' if ok else 'BAD'} {line}")
     return 0 if all(ok for ok, _ in results) else 1

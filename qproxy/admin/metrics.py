@@ -12,6 +12,14 @@ user, so it may be world-readable (node_exporter runs as its own user).
 
 Retiring, folding and reading hold ``{state_dir}/metrics.lock`` (exclusively), so a scrape
 never sees an ended proxy's figures twice or not at all.
+
+``--listen`` runs as root on a port every local user can reach, so it holds at most
+``LISTEN_THREADS`` connections (one thread each), at most ``LISTEN_PER_UID`` of them per
+non-root uid (a neighbour cannot take the scraper's), and each for at most
+``LISTEN_SECONDS`` in all (a socket timeout per read/write, and the serving loop shuts a
+connection down at its deadline however slowly its bytes trickle); more are closed at once.
+Before: one thread per connection and no timeout (300 idle connections held 300 root threads
+for as long as they liked).
 """
 
 from __future__ import annotations
@@ -19,8 +27,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import socket
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -169,9 +180,66 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _serve(conf: cfg.Config, listen: str) -> int:
+LISTEN_THREADS = 16
+LISTEN_PER_UID = 4
+LISTEN_SECONDS = 5.0
+
+
+def _bounded_server(host: str, port: int, handler: Any) -> Any:
     from http.server import ThreadingHTTPServer
 
+    from qproxy.node.peer import peer_uid
+
+    class Bounded(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128  # refused at once rather than left in a short backlog
+
+        def __init__(self) -> None:
+            super().__init__((host, port), handler)
+            self.lock = threading.Lock()
+            self.held: dict[socket.socket, tuple[float, int | None]] = {}
+            self.per_uid: Counter[int | None] = Counter()
+            self.refused = 0
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            uid = peer_uid(request)
+            with self.lock:
+                full = len(self.held) >= LISTEN_THREADS or (
+                    uid != 0 and self.per_uid[uid] >= LISTEN_PER_UID)
+                if not full:
+                    self.held[request] = (time.monotonic() + LISTEN_SECONDS, uid)
+                    self.per_uid[uid] += 1
+            if full:
+                self.refused += 1
+                self.shutdown_request(request)
+                return
+            request.settimeout(LISTEN_SECONDS)
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                with self.lock:
+                    _, uid = self.held.pop(request, (0.0, None))
+                    self.per_uid[uid] -= 1
+                    if self.per_uid[uid] <= 0:
+                        del self.per_uid[uid]
+
+        def service_actions(self) -> None:  # serve_forever's loop, every poll interval
+            now = time.monotonic()
+            with self.lock:
+                late = [s for s, (deadline, _) in self.held.items() if deadline < now]
+            for s in late:  # its thread's blocked read or write returns at once
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    return Bounded()
+
+
+def _serve(conf: cfg.Config, listen: str) -> int:
     from prometheus_client.exposition import MetricsHandler
 
     host, _, port = listen.rpartition(":")
@@ -189,13 +257,13 @@ def _serve(conf: cfg.Config, listen: str) -> int:
     registry.register(_Live())
     handler = MetricsHandler.factory(registry)
     try:
-        server = ThreadingHTTPServer((host, int(port)), handler)
+        server = _bounded_server(host, int(port), handler)
     except OSError as exc:
         print(f"qproxy metrics: cannot listen on {listen}: {exc}", file=sys.stderr)
         return 1
     print(f"qproxy metrics: serving http://{listen}/metrics", file=sys.stderr, flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
         pass
     return 0

@@ -10,16 +10,20 @@ API prefixes the proxies serve). The change shows in ``GET /backends`` and
 online again (what IBM's service does with a paused device's jobs).
 
 ``qproxy emulator device NAME STATUS [--message M] --url URL --api-key-file F`` is the client.
+It sends the emulator's key only where the proxy would send a vendor key: over verified https,
+or over plain http to a listener root owns (``qproxy.upstream.guard``, checked on the
+established connection before a byte is sent) -- not to whoever bound the port while the
+emulator was down.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
-import urllib.error
-import urllib.request
-from typing import TYPE_CHECKING
+import urllib.parse
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -96,21 +100,47 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     body = json.dumps({"status": args.status, "message": args.message}).encode()
-    req = urllib.request.Request(
-        args.url.rstrip("/") + ADMIN_PATH.format(name=args.name), data=body, method="PUT",
-        headers={"Authorization": f"apikey {key}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - admin's URL
-            doc = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read())["errors"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            reason = exc.reason
-        print(f"qproxy emulator device: HTTP {exc.code}: {reason}", file=sys.stderr)
+        status, doc = _put(args.url, ADMIN_PATH.format(name=args.name), body, key)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        print(f"qproxy emulator device: {args.url}: {exc}", file=sys.stderr)
         return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"qproxy emulator device: {args.url} unreachable: {exc}", file=sys.stderr)
+    if status != 200:
+        try:
+            reason = doc["errors"][0]["message"]
+        except (KeyError, IndexError, TypeError):
+            reason = str(doc)[:200]
+        print(f"qproxy emulator device: HTTP {status}: {reason}", file=sys.stderr)
         return 1
     print(f"{doc['backend']}: {doc['status']} ({doc['message']})")
     return 0
+
+
+def _put(url: str, path: str, body: bytes, key: str) -> tuple[int, Any]:
+    """PUT ``body`` with the key, once the listener is known to be one the key may go to."""
+    from qproxy.upstream.guard import listener_problem
+
+    u = urllib.parse.urlsplit(url)
+    conn: http.client.HTTPConnection
+    if u.scheme == "https":
+        conn = http.client.HTTPSConnection(u.hostname or "", u.port, timeout=10)
+    elif u.scheme == "http":
+        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+    else:
+        raise ValueError("the URL must be http:// or https://")
+    try:
+        conn.connect()
+        if u.scheme == "http":
+            problem = listener_problem(conn.sock, u.hostname, conn.port)
+            if problem is not None:
+                raise PermissionError(problem)
+        conn.request("PUT", u.path.rstrip("/") + path, body=body, headers={
+            "Authorization": f"apikey {key}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read(1 << 20)
+        try:
+            return resp.status, json.loads(raw)
+        except ValueError:
+            return resp.status, raw.decode("latin-1")[:200]
+    finally:
+        conn.close()

@@ -34,9 +34,11 @@ def spares_dir(state_dir: Path) -> Path:
 
 
 def identity() -> str:
-    """The code a spare runs: interpreter, package location, version and the newest source
-    mtime (an upgraded or edited install must not be served by an old spare)."""
+    """The code a spare runs: interpreter (qproxy.node.codestamp), package location, version and
+    the newest source mtime (an upgraded or edited install must not be served by an old
+    spare; the third-party code it loaded is checked by the spare itself at each claim)."""
     import qproxy
+    from qproxy.node.codestamp import interpreter
 
     pkg = Path(qproxy.__file__).parent
     newest = 0
@@ -47,7 +49,7 @@ def identity() -> str:
                     newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
                 except OSError:
                     continue
-    return f"{sys.executable}|{pkg}|{qproxy.__version__}|{newest}"
+    return f"{sys.executable}|{pkg}|{qproxy.__version__}|{newest}|{interpreter()}"
 
 
 def _parse_name(name: str) -> tuple[int, str] | None:

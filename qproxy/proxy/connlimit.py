@@ -15,7 +15,7 @@ the routes (body reads, ``client_body_timeout_seconds``).
 The middleware ``conn_mw`` (app.py) tells the guard when a request's headers are complete
 (``started``) and when its handler is done (``finished``).
 
-A multi-node primary's relay listener (relaylisten.py) is reached from other nodes, where the
+A multi-node primary's relay listener (relay/listen.py) is reached from other nodes, where the
 peer's uid is unknown: there a connection from a privileged source port is a node's root
 (relays bind one, see ports.reserved_source_socket); any other counts as a neighbour's until a
 request on it proves it is the job's relay (``promote``), and one that fails is closed.
@@ -64,6 +64,7 @@ class _Conn(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.other = False
+        self.uid: int | None = None  # the peer's (by_uid only): keys its unauthenticated bucket
         self.requests = 0
         self.busy = False
         self.idle = False  # between requests: the keep-alive timer runs until a byte arrives
@@ -76,8 +77,8 @@ class _Conn(asyncio.Protocol):
         g, s = self.guard, self.guard.settings
         sock = transport.get_extra_info("socket")
         if g.by_uid:
-            uid = peer_uid(sock) if sock is not None else None
-            self.other = uid not in g.trusted
+            self.uid = peer_uid(sock) if sock is not None else None
+            self.other = self.uid not in g.trusted
         else:
             peer = transport.get_extra_info("peername")
             self.other = not (isinstance(peer, tuple) and peer[1] <= RESERVED_SOURCE[1])

@@ -54,3 +54,11 @@ class JobContext:
 CTX: web.AppKey[JobContext] = web.AppKey("qproxy_ctx", JobContext)
 # The connection guard of the job's port (absent in in-process tests without one).
 GUARD: web.AppKey[ConnGuard] = web.AppKey("qproxy_guard", ConnGuard)
+
+
+def peer_uid_of(request: web.Request) -> int | None:
+    """The uid at the other end of the request's connection, as its connection guard asked
+    the kernel when it was accepted (None: no guard, not loopback, or unknown)."""
+    guard = request.app.get(GUARD)
+    conn = guard.of(request.transport) if guard is not None else None
+    return conn.uid if conn is not None else None

@@ -63,6 +63,17 @@ class Signals:
             raise EarlyStop
 
 
+def stop_event() -> asyncio.Event:
+    """Set on SIGTERM/SIGINT once the event loop runs (it then owns both signals)."""
+    import asyncio
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def summary_path(args: argparse.Namespace) -> Path:
     return Path(args.summary_file or args.env_file.parent / "summary.json")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -34,6 +33,7 @@ from qproxy.proxy.lifecycle import (
     background,
     run_loop,
     setup_logging,
+    stop_event,
     write_summary,
 )
 from qproxy.proxy.relay.auth import RelayListener, add_args, open_listener
@@ -273,20 +273,14 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
               after_start: Callable[[], None] | None = None) -> int:
     import asyncio
 
-    from aiohttp import web
-
     from qproxy.proxy import statusfile
-    from qproxy.proxy.app import create_app, flush_unauthenticated
-    from qproxy.proxy.connlimit import ConnGuard
-    from qproxy.proxy.context import GUARD
+    from qproxy.proxy.app import create_app, flush_unauthenticated, serve_guarded
     from qproxy.upstream.base import UpstreamError
     from qproxy.upstream.leftovers import cleanup
 
     ctx = build_context(args, conf, token, prep)
-    stop = asyncio.Event()
+    stop = stop_event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if signals.stop:  # arrived while we were loading
         stop.set()
 
@@ -298,17 +292,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
         lambda: statusfile.keep_written(ctx, args.env_file.parent / STATUS_FILE, os.getpid(), port),
         lambda: write_metrics(ctx, metrics_path(args)),
     ))
-    px = conf.proxy
-    # read_bufsize: what aiohttp buffers of a body nobody reads yet (a submission waiting for
-    # its lane). Measured with 100 parallel 1.9 MB POSTs: +84 MB peak RSS at the default
-    # 64 KiB, +25 MB at 16 KiB (the rest is asyncio's 256 KiB reads).
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
-                           keepalive_timeout=px.keepalive_timeout_seconds, read_bufsize=2**14)
-    await runner.setup()
-    assert runner.server is not None
-    guard = ConnGuard(runner.server, px, job_uid(args.user))
-    app[GUARD] = guard
-    server = await loop.create_server(guard, sock=sock, backlog=128)
+    runner, server = await serve_guarded(app, sock, job_uid(args.user))
     if prep.relay is not None:
         from qproxy.proxy.relay import listen as relaylisten
 

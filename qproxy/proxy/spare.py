@@ -176,6 +176,7 @@ def serve_spare(spare_id: str, config_path: str) -> int:
     import gc
 
     from qproxy import config as cfg
+    from qproxy.node.codestamp import Snapshot
 
     if not spare_id.isalnum():
         print(f"qproxy serve: bad spare id {spare_id!r}", file=sys.stderr)
@@ -197,6 +198,7 @@ def serve_spare(spare_id: str, config_path: str) -> int:
         (d / f"{os.getpid()}-{spare_id}.spawned").unlink(missing_ok=True)
         sock.listen(16)
         _warm(config_path)  # at idle priority (see qproxy.slurm.spares.ensure)
+        loaded = Snapshot()  # every module file it forks from, as it is now
         gc.collect()
         gc.freeze()  # the collector never touches (so never copies) the shared objects
         _normal_priority()
@@ -215,6 +217,10 @@ def serve_spare(spare_id: str, config_path: str) -> int:
                     continue
                 if request["identity"] != mine:
                     reply(conn, ok=False, error="stale spare (qproxy changed since it started)")
+                    return 0
+                if (stale := loaded.changed()) is not None:  # e.g. a security update
+                    print(f"qproxy serve: spare: stale: {stale}", file=sys.stderr)
+                    reply(conn, ok=False, error=f"stale spare ({stale})")
                     return 0
                 _fork_proxy(sock, conn, request, spare_id)
     except OSError as exc:

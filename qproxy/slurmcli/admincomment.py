@@ -9,6 +9,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from qproxy.files import open_append
+
 log = logging.getLogger("qproxy.slurm")  # the hooks' logger, as before the package split
 
 # The prolog's AdminComment (QpuComment below): it holds spaces, which `scontrol -o`
@@ -83,7 +85,7 @@ def book_admin_comment(job_id: str, text: str, timeout: float, log_path: str) ->
     cmd = ["timeout", str(int(max(timeout, 1))), "sacctmgr", "-i", "modify", "job", "where",
            f"jobid={job_id}", "set", f"AdminComment={text}"]
     try:
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_append(log_path)
     except OSError:
         fd = subprocess.DEVNULL  # negative: nothing to close
     try:

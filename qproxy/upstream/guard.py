@@ -48,6 +48,19 @@ def is_local_address(host: str) -> bool:
     return True
 
 
+def listener_problem(sock: socket.socket | None, host: str | None, port: int | None) -> str | None:
+    """Why no credential may go over this established plain-http connection (None: it may).
+    Used by the proxy's connector and by ``qproxy emulator device`` (the emulator's key)."""
+    owner = peer_uid(sock) if sock is not None else None
+    if owner is None and host and not is_local_address(host):
+        return None  # not a listener on this node: see is_local_address
+    if owner in trusted_uids():
+        return None
+    who = "nobody known" if owner is None else f"uid {owner}"
+    return (f"refusing to send credentials to {host}:{port}: its listener belongs to {who}, "
+            "not root (plain http is trusted only from root's sockets)")
+
+
 class OwnerCheckedConnector(aiohttp.TCPConnector):
     """A TCPConnector that refuses plain-http connections to a listener root does not own."""
 
@@ -57,14 +70,9 @@ class OwnerCheckedConnector(aiohttp.TCPConnector):
             return proto
         transport = proto.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
-        owner = peer_uid(sock) if sock is not None else None
-        if owner is None and req.url.host and not is_local_address(req.url.host):
-            return proto  # not a listener on this node: see is_local_address
-        if owner not in trusted_uids():
+        problem = listener_problem(sock, req.url.host, req.url.port)
+        if problem is not None:
             if transport is not None:
                 transport.abort()
-            who = "nobody known" if owner is None else f"uid {owner}"
-            raise UntrustedListener(
-                f"refusing to send credentials to {req.url.host}:{req.url.port}: its listener "
-                f"belongs to {who}, not root (plain http is trusted only from root's sockets)")
+            raise UntrustedListener(problem)
         return proto

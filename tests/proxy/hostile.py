@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 NOBODY = 65534
@@ -82,6 +83,26 @@ while time.monotonic() - t0 < seconds and any(c["closed"] is None for c in conns
     time.sleep(0.3)
 print(json.dumps([{"closed": c["closed"], "refused": c["refused"]} for c in conns]))
 '''
+
+
+ATTACKER = Path(__file__).resolve().parents[1] / "support" / "attacker.py"
+
+
+def attacker(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """tests/support/attacker.py (what test_hostile_jobs runs in a neighbour's job) as nobody;
+    the modules it needs are imported before the drop (the interpreter may live in a
+    directory only root can enter)."""
+    code = ("import errno, json, os, runpy, socket, sys, time, pathlib\n" + _DROP
+            + f"sys.argv = [{str(ATTACKER)!r}, *sys.argv[1:]]\n"
+            + "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            text=True, cwd=cwd)
+
+
+def attacker_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 def start_listener(seconds: float) -> tuple[subprocess.Popen[str], int]:

@@ -24,7 +24,9 @@ from qproxy.slurm import spares as spare
 
 from .conftest import read_env_file, write_config
 
-ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+       # a worktree's tests run its own code (else the spare is an install's: another identity)
+       **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
 
 
 def _wait(cond: Any, timeout: float = 60.0) -> None:
@@ -168,6 +170,40 @@ def test_spare_refuses_other_code(node: tuple[Path, Path], tmp_path: Path,
     assert spare.claim(state, _argv(conf, job, "53"), job / "proxy.log") is None
     _wait(lambda: not process.alive(pid), 30)
     assert not (job / "proxy.env").exists() and sparepool.listing(state) == []
+
+
+def test_spare_retires_when_its_dependencies_change(node: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    """A security update of a third-party distribution the spare has imported (here a copy
+    of prometheus_client, first on its path, replaced file by file as pip and dpkg do): the
+    next claim is refused and the spare exits, so no job's proxy is forked from the old code
+    (before: the identity covered qproxy's own files only and the spare kept forking)."""
+    import shutil
+
+    import prometheus_client
+
+    conf, state = node
+    site = tmp_path / "site"
+    pkg = site / "prometheus_client"
+    shutil.copytree(Path(prometheus_client.__file__).parent, pkg)
+    repo = Path(__file__).resolve().parents[2]
+    spare.ensure(state, conf, 1, {**ENV, "PYTHONPATH": f"{site}:{ENV.get('PYTHONPATH', repo)}"})
+    _wait(lambda: _ready(state))
+    [(_, pid, _)] = spare.listing(state)
+    job = tmp_path / "job61"
+    job.mkdir()
+    got = spare.claim(state, _argv(conf, job, "61"), job / "proxy.log")
+    assert got is not None  # the same code: served
+    _wait(lambda: (job / "proxy.env").exists(), 30)
+    assert proxyproc.stop(got.pid, "61", spare=got.spare, start=got.start) == "terminated"
+    new = pkg / "metrics.py.new"  # the update: a new file renamed over the old one
+    new.write_bytes((pkg / "metrics.py").read_bytes() + b"\n# security fix\n")
+    os.replace(new, pkg / "metrics.py")
+    job = tmp_path / "job62"
+    job.mkdir()
+    assert spare.claim(state, _argv(conf, job, "62"), job / "proxy.log") is None
+    _wait(lambda: not proxyproc.alive(pid), 30)
+    assert not (job / "proxy.env").exists() and spare.listing(state) == []
 
 
 def test_idle_spare_exits(emulator: Any, tmp_path: Path) -> None:

@@ -2,7 +2,13 @@
 another user's QPU job on the same node. Stdlib only; every loop is bounded by count and
 time; each command prints one JSON line with what it saw.
 
-  flood PORT N            N unauthenticated requests with 8 KB control-byte paths, keep-alive
+  flood PORT N [SECONDS [token [RATE]]]
+                          N unauthenticated requests with 8 KB control-byte paths, keep-alive,
+                          for at most SECONDS (60), at most RATE a second (0: no pause); with
+                          `token` every other one is a token exchange with a wrong API key
+  exchange PORT TOKEN N GAP
+                          N token exchanges with TOKEN, GAP seconds apart (a job's own token
+                          traded from this uid: judged by the token, not by this uid's junk)
   hold PORT N SECONDS     open N connections, report accepted/refused, hold them SECONDS
                           (touches ./holding once they are open)
   bind PORT               try to listen on 127.0.0.1:PORT (a dead proxy's port)
@@ -25,19 +31,32 @@ from pathlib import Path
 LIMIT = 64 << 20  # scan: bytes copied at most
 
 
-def flood(port: int, n: int) -> dict[str, object]:
+def _exchange_request(apikey: str) -> bytes:
+    form = f"grant_type=urn%3Aibm%3Aparams%3Aoauth%3Agrant-type%3Aapikey&apikey={apikey}"
+    return (f"POST /identity/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(form)}\r\n\r\n{form}").encode()
+
+
+def flood(port: int, n: int, seconds: float = 60.0, mode: str = "",
+          rate: float = 0.0) -> dict[str, object]:
     path = "/" + "%01" * 2700  # ~8 KB: each %01 would be \u0001 (6 bytes) in a naive log
-    req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    junk = [f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()]
+    if mode == "token":
+        junk.append(_exchange_request("x" * 43))
     statuses: dict[str, int] = {}
-    sent, deadline = 0, time.monotonic() + 60
+    t0 = time.monotonic()
+    sent, deadline = 0, t0 + seconds
     sock: socket.socket | None = None
     buf = b""
     while sent < n and time.monotonic() < deadline:
         if sock is None:
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             buf = b""
+        if rate > 0:
+            time.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
         try:
-            sock.sendall(req)
+            sock.sendall(junk[sent % len(junk)])
             while b"\r\n\r\n" not in buf:
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -61,7 +80,24 @@ def flood(port: int, n: int) -> dict[str, object]:
             sock = None
     if sock is not None:
         sock.close()
-    return {"sent": sent, "statuses": statuses}
+    return {"sent": sent, "statuses": statuses, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def exchange(port: int, token: str, n: int, gap: float) -> dict[str, object]:
+    statuses: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    for _ in range(n):
+        if time.monotonic() > deadline:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(_exchange_request(token))
+                code = s.recv(65536).split(b" ")[1].decode()
+        except (OSError, IndexError):
+            code = "error"
+        statuses[code] = statuses.get(code, 0) + 1
+        time.sleep(gap)
+    return {"statuses": statuses}
 
 
 def hold(port: int, n: int, seconds: float) -> dict[str, object]:
@@ -140,7 +176,10 @@ def scan(out: Path, roots: list[str]) -> dict[str, object]:
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "flood":
-        result = flood(int(args[0]), int(args[1]))
+        result = flood(int(args[0]), int(args[1]), float(args[2]) if args[2:] else 60.0,
+                       args[3] if args[3:] else "", float(args[4]) if args[4:] else 0.0)
+    elif cmd == "exchange":
+        result = exchange(int(args[0]), args[1], int(args[2]), float(args[3]))
     elif cmd == "hold":
         result = hold(int(args[0]), int(args[1]), float(args[2]))
     elif cmd == "bind":

@@ -24,7 +24,18 @@ def test_reserved_tags(tag: str) -> None:
     assert merge_tags([tag, "ok"], ["slurm_job:7"]) == ["ok", "slurm_job:7"]
 
 
-@pytest.mark.parametrize("tag", ["mine", "slurmjob", "日本語のタグです", "slurm", "lurm_x"])
+@pytest.mark.parametrize("tag", [
+    "\u3164slurm_job:1", "\u2800slurm_job:1", "\uffa0slurm_user:x", "\u115fslurm_job:1",
+    "\u2800\u3164 slurm_account:x", "slurm\u180e_job:1", "\U000e0020slurm_job:1",
+    "s\u0489lurm_job:1", "\x01slurm_job:1", "\U0001d159slurm_job:1", "slurm\ufe0f_job:1"])
+def test_reserved_tags_behind_invisible_fillers(tag: str) -> None:
+    """Tags that show as ``slurm_...`` because what precedes or splits it renders as nothing
+    (issue 24: U+3164 and U+2800 passed the filter)."""
+    assert is_reserved(tag)
+
+
+@pytest.mark.parametrize("tag", ["mine", "slurmjob", "\u2800", "\u3164x", "日本語のタグです",
+                                 "slurm", "lurm_x"])
 def test_ordinary_tags(tag: str) -> None:
     assert not is_reserved(tag)
 
@@ -43,6 +54,21 @@ def test_unauth_bucket_and_summary() -> None:
     s = g.take_summary()
     assert s is not None and s["requests"] == 3 and s["statuses"] == {"401": 2, "429": 1}
     assert len(s["first"]) < 80 and g.take_summary() is None
+
+
+def test_unauth_buckets_are_per_uid() -> None:
+    """One uid's junk empties its own bucket only (issue 24: one shared bucket let a
+    neighbour turn the job's refusals into 429s); the summary says whose they were."""
+    now = [0.0]
+    g = UnauthGate(rate=1, burst=2, window=10, clock=lambda: now[0])
+    assert [g.allow(65534) for _ in range(3)] == [True, True, False]
+    assert g.exhausted(65534) and not g.exhausted(1000) and not g.exhausted(None)
+    assert g.allow(1000) and g.allow(None)
+    for uid in (65534, 65534, 1000, None):
+        g.count(429, "GET", "/x", uid)
+    now[0] = 10.0
+    s = g.take_summary()
+    assert s is not None and s["uids"] == {"1000": 1, "65534": 2, "unknown": 1}
 
 
 def test_inflight_budget_waits_then_refuses() -> None:

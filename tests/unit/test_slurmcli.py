@@ -189,10 +189,12 @@ def _qproxy_imports(path: Path) -> set[str]:
 
 
 def test_job_side_reads_slurm_without_the_root_hooks() -> None:
-    """qproxy/slurmcli is the bottom layer (stdlib and itself only), and job-side code
+    """qproxy/slurmcli is the bottom layer (stdlib, the stdlib-only qproxy.files and itself
+    only), and job-side code
     (qproxy/client, qiskit_slurm_provider) imports nothing of the root hooks' qproxy.slurm."""
     for path in (ROOT / "qproxy" / "slurmcli").glob("*.py"):
-        outside = {m for m in _qproxy_imports(path) if not m.startswith("qproxy.slurmcli")}
+        outside = {m for m in _qproxy_imports(path)
+                   if not m.startswith(("qproxy.slurmcli", "qproxy.files"))}
         assert not outside, (path.name, outside)
     job_side = [*(ROOT / "qproxy" / "client").rglob("*.py"),
                 *(ROOT / "qiskit_slurm_provider").rglob("*.py")]

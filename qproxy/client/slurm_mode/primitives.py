@@ -200,7 +200,7 @@ class _SlurmPrimitive:
                 # PYTHON* variables: a faster start while the lane is held
                 argv = [sys.executable, "-I", "-S", str(FASTRUN), kind, PAYLOAD, RESULT]
             elif o.fast_path and o.transpile and tuple(o.qrun) == DEFAULT_QRUN:
-                self._target_path().parent.mkdir(exist_ok=True)
+                self._target_path().parent.mkdir(mode=0o700, exist_ok=True)
                 argv = [sys.executable, "-m", "qproxy.client.slurm_mode.jobmain", kind,
                         PAYLOAD, RESULT, str(self._target_path())]
             write_payload(jobdir / PAYLOAD, pubs, kind, backend=None,

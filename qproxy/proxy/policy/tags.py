@@ -7,10 +7,13 @@ vendor console. User-supplied tags starting with ``slurm_`` are dropped (no forg
 job's attribution) and ``PUT /jobs/{id}/tags`` re-adds ours.
 
 "Starting with ``slurm_``" is judged on the tag as a person reading the vendor console would
-see it: after NFKC, casefolding, removing invisible format characters (zero-width spaces and
-joiners) and surrounding whitespace, with any non-ASCII letter counted as a possible
-look-alike of the ASCII one at its place (Cyrillic "ѕ" for "s", ...). So ``SLURM_JOB:999``,
-``" slurm_job:999"``, ``slurm\u200b_job:999`` and ``ѕlurm_job:999`` are all dropped; a
+see it: after NFKC, casefolding, removing characters that show as nothing (Unicode's
+Default_Ignorable_Code_Point set -- zero-width spaces and joiners, variation selectors, the
+Hangul fillers U+115F/U+1160/U+3164/U+FFA0 -- plus format and combining marks, other control
+characters and blank-looking symbols such as the braille blank U+2800) and surrounding
+whitespace, with any non-ASCII letter counted as a possible look-alike of the ASCII one at
+its place (Cyrillic "ѕ" for "s", ...). So ``SLURM_JOB:999``, ``" slurm_job:999"``,
+``slurm\u200b_job:999``, ``\u3164slurm_job:999`` and ``ѕlurm_job:999`` are all dropped; a
 look-alike table would always miss one, while the cost of this rule is only that a tag
 like ``ßlurm_x`` is dropped too.
 """
@@ -23,13 +26,32 @@ from typing import Any
 RESERVED_PREFIX = "slurm_"
 
 
+# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt; the set is stable: new
+# ignorables are only assigned inside these ranges), which unicodedata does not expose.
+DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+                     (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+                     (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+                     (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+                     (0xE0000, 0xE0FFF))
+# shown as blank space by fonts although neither ignorable nor whitespace
+BLANK_LOOKING = frozenset("\u2800\U0001D159")  # braille pattern blank, musical null notehead
+
+
+def _invisible(c: str) -> bool:
+    o = ord(c)
+    if any(lo <= o <= hi for lo, hi in DEFAULT_IGNORABLE) or c in BLANK_LOOKING:
+        return True
+    cat = unicodedata.category(c)
+    return cat in ("Cf", "Mn", "Me") or (cat == "Cc" and not c.isspace())
+
+
 LOOKALIKE_SCRIPTS = frozenset({"CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC", "LISU",
                                "LATIN", "MODIFIER"})
 
 
 def _skeleton(tag: str) -> str:
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", tag).casefold())
-    visible = "".join(c for c in folded if unicodedata.category(c) not in ("Cf", "Mn"))
+    visible = "".join(c for c in folded if not _invisible(c))
     return unicodedata.normalize("NFKC", visible).strip()
 
 

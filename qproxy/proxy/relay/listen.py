@@ -12,8 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from qproxy.proxy.app import Handler, create_app
-from qproxy.proxy.connlimit import ConnGuard
+from qproxy.proxy.app import Handler, create_app, serve_guarded
 from qproxy.proxy.context import CTX, GUARD, JobContext
 from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
@@ -53,18 +52,8 @@ def relay_auth(listener: RelayListener) -> Middleware:
 async def start(ctx: JobContext, listener: RelayListener) -> tuple[web.AppRunner, Any]:
     """Serve the relay listener behind its own connection guard (connlimit: timeouts, caps,
     unproven connections counted as a neighbour's); the caller closes both at shutdown."""
-    import asyncio
-
-    px = ctx.config.proxy
     app = create_app(ctx, relay_auth=relay_auth(listener))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
-                           keepalive_timeout=px.keepalive_timeout_seconds, read_bufsize=2**14)
-    await runner.setup()
-    assert runner.server is not None
-    guard = ConnGuard(runner.server, px, None, by_uid=False)
-    app[GUARD] = guard
-    server = await asyncio.get_running_loop().create_server(guard, sock=listener.sock,
-                                                            backlog=128)
+    runner, server = await serve_guarded(app, listener.sock, None, by_uid=False)
     host, port = listener.sock.getsockname()[:2]
     log.info("job %s: relay listener on %s:%d", ctx.job_id, host, port)
     return runner, server

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,13 @@ from qproxy.clientenv import client_env
 from qproxy.node.audit import AuditLog
 from qproxy.node.envfile import remove_env_file, write_env_file
 from qproxy.proxy.auth import JobAuth, new_job_token
-from qproxy.proxy.lifecycle import EarlyStop, Signals, setup_logging, write_summary
+from qproxy.proxy.lifecycle import (
+    EarlyStop,
+    Signals,
+    setup_logging,
+    stop_event,
+    write_summary,
+)
 from qproxy.proxy.relay.auth import (
     NODE_HEADER,
     RELAY_HEADER,
@@ -336,10 +341,7 @@ def main(argv: list[str]) -> int:
 async def _serve(relay: Relay, sock: Any) -> None:
     from aiohttp import web
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     runner = web.AppRunner(create_app(relay), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.SockSite(runner, sock).start()

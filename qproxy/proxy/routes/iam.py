@@ -2,10 +2,19 @@
 
 The client (ibm-cloud-sdk-core) decodes the JWT for ``exp``/``iat`` to know when to refresh,
 and re-exchanges the API key then, so no refresh-token flow is needed.
+
+Judged by the token first: an exchange with this job's token is served whatever the
+unauthenticated buckets hold (before, a neighbour's junk emptied the proxy's one bucket and
+every exchange got 429 before its token was read: issue 24). Only a refused exchange spends
+its uid's bucket (``policy/unauth.py``) and gets 429 once that is empty. While a uid's bucket
+is empty its exchanges may carry at most ``FORM_SMALL`` bytes (a client's form is ~130), so
+reading junk bodies first costs the proxy little; the token is compared in constant time
+(``JobAuth.check_token``: ``hmac.compare_digest``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qs
@@ -14,40 +23,68 @@ import orjson
 from aiohttp import web
 
 from qproxy.proxy.auth import JobAuth
-from qproxy.proxy.context import CTX
+from qproxy.proxy.context import CTX, peer_uid_of
 from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
 
 GRANT = "urn:ibm:params:oauth:grant-type:apikey"
+FORM_MAX = 64 * 1024
+FORM_SMALL = 1024
+TOO_MANY = "too many unauthenticated requests to this QPU proxy"
 
 
 async def token(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    return await exchange(request, ctx.auth, on_refused=ctx.unauth.allow,
-                          on_accepted=lambda: refuse_unaudited(ctx.audit))
+    uid = peer_uid_of(request)
+    return await exchange(
+        request, ctx.auth, on_refused=lambda: ctx.unauth.allow(uid),
+        on_accepted=lambda: refuse_unaudited(ctx.audit),
+        max_body=FORM_SMALL if ctx.unauth.exhausted(uid) else FORM_MAX,
+        body_timeout=ctx.config.proxy.client_body_timeout_seconds)
+
+
+async def _read_form(request: web.Request, limit: int, timeout: float) -> bytes | None:
+    """The whole body, or None when it is larger than ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    buf = bytearray()
+    try:
+        while chunk := await asyncio.wait_for(request.content.readany(), timeout):
+            buf += chunk
+            if len(buf) > limit:
+                return None
+    except TimeoutError:
+        raise PolicyError(408, f"request body not received within {timeout:g} s") from None
+    return bytes(buf)
 
 
 async def exchange(request: web.Request, auth: JobAuth, *,
-                   on_refused: Callable[[], object] | None = None,
-                   on_accepted: Callable[[], object] | None = None) -> web.Response:
+                   on_refused: Callable[[], bool] | None = None,
+                   on_accepted: Callable[[], object] | None = None,
+                   max_body: int = FORM_MAX, body_timeout: float = 30.0) -> web.Response:
     """The exchange against one JobAuth (a job's proxy's, or a relay's: qproxy.proxy.relay).
-    ``on_refused``/``on_accepted``: the job's proxy counts refusals against its unauthenticated
-    budget and refuses work it cannot audit (qproxy.proxy.policy.audited)."""
-    if request.content_length is not None and request.content_length > 64 * 1024:
-        raise PolicyError(413, "token request too large")
-    raw = await request.content.read(64 * 1024 + 1)
-    if len(raw) > 64 * 1024:
-        raise PolicyError(413, "token request too large")
-    request["bytes_in"] = len(raw)
-    form = parse_qs(raw.decode("utf-8", "replace"))
+    ``on_refused``: a refused exchange takes a token of its uid's unauthenticated bucket,
+    False: answer 429; ``on_accepted``: the job's proxy refuses work it cannot audit
+    (qproxy.proxy.policy.audited)."""
+    raw = await _read_form(request, max_body, body_timeout)
+    form = parse_qs(raw.decode("utf-8", "replace")) if raw is not None else {}
     grant = form.get("grant_type", [""])[0]
     apikey = form.get("apikey", [""])[0]
+    if raw is not None and grant == GRANT and apikey and auth.check_token(apikey):
+        request["bytes_in"] = len(raw)
+        return _issue(request, auth, on_accepted)
+    if on_refused is not None and not on_refused():
+        raise PolicyError(429, TOO_MANY)
+    if raw is None:
+        raise PolicyError(413, "token request too large")
+    request["bytes_in"] = len(raw)
     if grant != GRANT:
         raise PolicyError(400, f"unsupported grant_type; use {GRANT}")
-    if not apikey or not auth.check_token(apikey):
-        if on_refused is not None:
-            on_refused()  # a failed exchange spends the unauthenticated budget too
-        raise PolicyError(401, "invalid API key for this Slurm job's QPU proxy")
+    raise PolicyError(401, "invalid API key for this Slurm job's QPU proxy")
+
+
+def _issue(request: web.Request, auth: JobAuth,
+           on_accepted: Callable[[], object] | None) -> web.Response:
     request["authenticated"] = True
     if on_accepted is not None:
         on_accepted()
