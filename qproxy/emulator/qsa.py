@@ -284,8 +284,11 @@ class QuantumSystemService:
             if params is not None and not job.final:
                 await self._execute(job, device, params)
         except Exception as exc:  # noqa: BLE001 - the job fails, the service goes on
-            log.exception("job %s: internal error", job.id)
-            self._fail(job, 1500, f"Internal error while running the job: {exc}")
+            # the type only: an exception's text may quote a presigned URL
+            log.error("job %s: internal error (%s)", job.id, type(exc).__name__)
+            log.debug("job %s", job.id, exc_info=True)
+            self._fail(job, 1500, f"Internal error while running the job "
+                       f"({type(exc).__name__}).")
         await self._store_logs(job)
         if not job.final:
             state, code, message, solution = job.outcome or (COMPLETED, None, None, None)

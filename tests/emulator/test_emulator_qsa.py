@@ -1,5 +1,5 @@
 """The emulator's Quantum System API (qproxy/emulator/qsa.py) against a real S3 server
-(SeaweedFS, qproxy/emulator/s3local.py): one emulator (``--api quantum-system``, a 2-lane
+(SeaweedFS, qproxy/emulator/s3local.py): one emulator (``--api both``, a 2-lane
 fake_manila_v2 served as ``test_qs``) and one S3 server for the module. Each fact of IBM's
 API (docs/emulator.md) is asserted over raw REST; then IBM's own QRMI client drives it
 through its ``ibm-quantum-system`` resource type."""
@@ -40,7 +40,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory
         try:
             e = launch_emulator(tmp_path_factory.mktemp("emulator-qsa"),
                                 backends=f"{BACKEND}=fake_manila_v2", lanes=str(LANES),
-                                extra_args=["--api", "quantum-system", "--min-job-seconds",
+                                extra_args=["--api", "both", "--min-job-seconds",
                                             str(MIN_JOB_SECONDS)])
         finally:
             s3 = s3_future.result()
@@ -172,18 +172,44 @@ def test_backends_lanes_and_documents(api: Client) -> None:
     assert backends == [{"name": BACKEND, "status": "online", "message": "available",
                          "version": backends[0]["version"], "locked": False}]
     assert api.get(f"/backends/{BACKEND}").json() == backends[0]
-    # this emulator serves only the Quantum System API: no Runtime lanes
+    # this emulator serves both APIs, on the same lanes
     assert api.get(f"/backends/{BACKEND}/lanes").json() == {
-        "hpc_workload_manager": {"lanes": LANES}, "ibm_quantum_compute": {"lanes": 0}}
+        "hpc_workload_manager": {"lanes": LANES}, "ibm_quantum_compute": {"lanes": LANES}}
     config = api.get(f"/backends/{BACKEND}/configuration").json()
     assert config["backend_name"] == BACKEND and config["n_qubits"] == 5
     assert api.get(f"/backends/{BACKEND}/properties").json()["backend_name"] == BACKEND
     assert_error(api.get("/backends/ibm_nowhere"), 404, "1216")
     assert_error(api.get(f"/jobs/{uuid.uuid4()}"), 404, "1291")
-    # no sessions, results, logs or metrics endpoints; the Runtime API is not mounted
-    assert_error(api.get(f"/jobs/{uuid.uuid4()}/results"), 404, "404")
-    assert requests.get(api.base.removesuffix("/v1") + "/api/v1/backends", headers=api.h,
-                        timeout=10).status_code == 404
+    # no sessions, results, logs or metrics endpoints
+    for path in (f"/jobs/{uuid.uuid4()}/results", f"/jobs/{uuid.uuid4()}/logs",
+                 f"/jobs/{uuid.uuid4()}/metrics", "/sessions"):
+        assert_error(api.get(path), 404, "404")
+    # the Runtime API beside it keeps its own error shape
+    runtime = requests.get(api.base.removesuffix("/v1") + "/api/v1/backends/ibm_nowhere/status",
+                           headers=api.h, timeout=10)
+    assert runtime.status_code == 404 and "title" not in runtime.json()
+    assert runtime.json()["errors"][0]["code"] == 1216  # an integer there
+
+
+def test_quantum_system_only_mounts_no_runtime_api() -> None:
+    """``--api quantum-system``: /api/v1 is not served (checked on the route table; no
+    workers start)."""
+    from qproxy.emulator.app import create_app
+    from qproxy.emulator.backends import Device
+
+    def paths(apis: tuple[str, ...]) -> set[str]:
+        app = create_app({BACKEND: Device(BACKEND, "fake_manila_v2")}, ["k"], apis=apis)
+        out = {r.canonical for r in app.router.resources()}
+        for sub in app._subapps:  # the Quantum System API's sub-application
+            out |= {r.canonical for r in sub.router.resources()}  # prefixed already
+        return out
+
+    qs_only = paths(("quantum-system",))
+    assert "/v1/jobs" in qs_only and not any(p.startswith("/api/") for p in qs_only)
+    runtime_only = paths(("runtime",))
+    assert "/api/v1/jobs" in runtime_only and "/v1/jobs" not in runtime_only
+    with pytest.raises(ValueError):
+        paths(("direct-access",))
 
 
 def test_authentication(emu: EmulatorProcess) -> None:
@@ -217,6 +243,10 @@ def test_sampler_through_presigned_urls(api: Client, s3: s3local.LocalS3) -> Non
     logs = s3.get(f"logs_{job_id}.json").decode()
     assert "job accepted" in logs and "job completed" in logs
     assert [j["id"] for j in api.get("/jobs").json()["jobs"]] == [job_id]
+    # the Runtime API's records never show it
+    runtime = api.base.removesuffix("/v1") + "/api/v1/jobs"
+    assert requests.get(runtime, headers=api.h, timeout=10).json()["count"] == 0
+    assert requests.get(f"{runtime}/{job_id}", headers=api.h, timeout=10).status_code == 404
     assert_error(api.cancel(job_id), 409, "1306")  # final: nothing to cancel
     assert api.delete(job_id).status_code == 204
     assert_error(api.get(f"/jobs/{job_id}"), 404, "1291")
