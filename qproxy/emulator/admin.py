@@ -14,6 +14,11 @@ It sends the emulator's key only where the proxy would send a vendor key: over v
 or over plain http to a listener root owns (``qproxy.upstream.guard``, checked on the
 established connection before a byte is sent) -- not to whoever bound the port while the
 emulator was down.
+
+``PUT /admin/backends/{name}/reservation`` with ``{"locked": true|false}`` (and ``GET``), with
+the same key, starts or ends a reservation: the Quantum System API (qsa.py) then shows the
+backend ``locked`` and answers new jobs 423 (code 1233), as IBM's service does for jobs outside
+an active reservation.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 
 STATES = ("online", "paused", "offline")
 ADMIN_PATH = "/admin/backends/{name}/status"
+RESERVATION_PATH = "/admin/backends/{name}/reservation"
 AUTH = web.AppKey("admin_auth", Authenticator)
 
 
@@ -77,10 +83,36 @@ async def put_status(request: web.Request) -> web.Response:
     return web.json_response(_doc(device))
 
 
+async def get_reservation(request: web.Request) -> web.Response:
+    from .routes import SCHEDULER
+
+    _check_key(request)
+    device = request.app[SCHEDULER].device(request.match_info["name"])
+    return web.json_response({"backend": device.name, "locked": device.locked})
+
+
+async def put_reservation(request: web.Request) -> web.Response:
+    from .routes import SCHEDULER
+
+    _check_key(request)
+    device = request.app[SCHEDULER].device(request.match_info["name"])
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.", 1400) from None
+    locked = body.get("locked") if isinstance(body, dict) else None
+    if not isinstance(locked, bool):
+        raise ApiError(400, "'locked' must be true or false.", 1400)
+    device.locked = locked
+    return web.json_response({"backend": device.name, "locked": device.locked})
+
+
 def add_routes(app: web.Application, auth: Authenticator) -> None:
     app[AUTH] = auth
     app.router.add_get(ADMIN_PATH, get_status)
     app.router.add_put(ADMIN_PATH, put_status)
+    app.router.add_get(RESERVATION_PATH, get_reservation)
+    app.router.add_put(RESERVATION_PATH, put_reservation)
 
 
 def main(argv: list[str]) -> int:

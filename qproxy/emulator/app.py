@@ -1,8 +1,11 @@
-"""The emulator's aiohttp application: IAM plus the Runtime API under both mount points.
+"""The emulator's aiohttp application: IAM plus the Runtime API under both mount points,
+and/or IBM's Quantum System API at ``/v1`` (qsa.py).
 
 The Runtime API is mounted at ``/api/v1`` (the real service's path, which the proxy calls
 upstream) and at ``/experimental/api/v1`` (where an unmodified client sends requests when
-configured via :func:`qproxy.clientenv.client_env`, see that module for why).
+configured via :func:`qproxy.clientenv.client_env`, see that module for why). ``apis`` says
+which APIs are served (``runtime``, ``quantum-system``, or both); both share one scheduler,
+so the device models, lanes and warm workers are the same.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..runtime_api import API_PREFIXES, IAM_TOKEN_PATH
-from . import admin
+from . import admin, qsa
 from .auth import Authenticator, auth_middleware
 from .backends import Device
 from .errors import ApiError, error_response
@@ -23,6 +26,9 @@ from .routes import INSTANCE, ROUTES, SCHEDULER
 
 log = logging.getLogger("qproxy.emulator")
 DEFAULT_INSTANCE = "crn:v1:bluemix:public:quantum-computing:us-east:a/emulator:emulator::"
+RUNTIME_API = "runtime"
+QUANTUM_SYSTEM_API = "quantum-system"
+APIS = (RUNTIME_API, QUANTUM_SYSTEM_API)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,8 +69,12 @@ def create_app(
     min_job_seconds: float = 0.3,
     qpu_time: bool = False,
     token_ttl: int = 3600,
+    apis: tuple[str, ...] = (RUNTIME_API,),
 ) -> web.Application:
     """Build the app; lane workers start with it and stop at cleanup."""
+    unknown = set(apis) - set(APIS)
+    if unknown or not apis:
+        raise ValueError(f"unknown API(s) {sorted(unknown)}; choose from {', '.join(APIS)}")
     auth = Authenticator(api_keys, token_ttl=token_ttl)
     app = web.Application(
         middlewares=[error_middleware, auth_middleware(auth, API_PREFIXES)],
@@ -78,9 +88,12 @@ def create_app(
     app.router.add_post(IAM_TOKEN_PATH, auth.token_handler)
     app.router.add_get("/health", health)
     admin.add_routes(app, auth)
-    for prefix in API_PREFIXES:
-        for method, path, handler in ROUTES:
-            app.router.add_route(method, prefix + path, handler)
+    if RUNTIME_API in apis:
+        for prefix in API_PREFIXES:
+            for method, path, handler in ROUTES:
+                app.router.add_route(method, prefix + path, handler)
+    if QUANTUM_SYSTEM_API in apis:
+        app.add_subapp(qsa.PREFIX, qsa.create_subapp(scheduler, auth, RUNTIME_API in apis))
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await scheduler.start()

@@ -52,6 +52,9 @@ class Device:
     # (qproxy/emulator/admin.py): "online", "paused" or "offline", and why.
     availability: str = "online"
     availability_message: str = "available"
+    # An active reservation (Quantum System API: ``locked``; new jobs get 423), set by the
+    # admin endpoint.
+    locked: bool = False
     _fake: Any = field(default=None, repr=False)
     _noise: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also serve the 'qproxy-blob' program (sized results, for benchmarks)",
     )
+    p.add_argument(
+        "--api",
+        choices=("runtime", "quantum-system", "both"),
+        default="runtime",
+        help="which API to serve: IBM's Qiskit Runtime API (/api/v1), its on-prem Quantum "
+        "System API (/v1, jobs' data through presigned S3 URLs), or both on one set of lanes",
+    )
     p.add_argument("--token-ttl", type=int, default=3600, help="IAM access token lifetime (s)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -114,6 +121,7 @@ async def _serve(args: argparse.Namespace, devices: dict[str, Device], keys: lis
         min_job_seconds=args.min_job_seconds,
         qpu_time=args.qpu_time,
         token_ttl=args.token_ttl,
+        apis=("runtime", "quantum-system") if args.api == "both" else (args.api,),
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -123,9 +131,10 @@ async def _serve(args: argparse.Namespace, devices: dict[str, Device], keys: lis
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else args.port
     logging.getLogger("qproxy.emulator").info(
-        "listening on http://%s:%d (backends: %s)",
+        "listening on http://%s:%d (API: %s; backends: %s)",
         args.host,
         port,
+        args.api,
         ", ".join(f"{d.name}[{d.lanes} lane(s)]" for d in devices.values()),
     )
     if args.ready_file:

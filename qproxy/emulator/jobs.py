@@ -92,6 +92,9 @@ class Job:
     serial: int = 0  # submission number: names the job on its lane's cancel pipe
     qpu_seconds: float = 0.0  # what the device would take for the shots (held Running)
     log_lines: list[str] = field(default_factory=list)
+    # set on reaching a final state, for whoever waits on it (the Quantum System API's
+    # uploads, qsa.py); the event loop is the only writer
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def final(self) -> bool:
@@ -103,6 +106,7 @@ class Job:
         self.reason_code = code
         self.finished = time.time()
         self.log(f"job {state.lower()}" + (f": {reason}" if reason else ""))
+        self.ended.set()
 
     def log(self, line: str) -> None:
         self.log_lines.append(f"{now_iso()} {line}")
@@ -354,7 +358,12 @@ class Scheduler:
         cost: int | None,
         private: bool,
         runtime: str,
+        job_id: str | None = None,
+        listed: bool = True,
     ) -> Job:
+        """Queue a job on its device. ``job_id``: the client's own id (the Quantum System
+        API's), else a new one; ``listed=False`` keeps the job out of :attr:`jobs` (the
+        Runtime API's records), for an API that keeps its own (qsa.py)."""
         self._counter += 1
         seed = (
             (self.seed + self._counter) % (2**31)
@@ -362,7 +371,7 @@ class Scheduler:
             else uuid.uuid4().int % (2**31)
         )
         job = Job(
-            id=_new_id(),
+            id=job_id or _new_id(),
             program_id=program_id,
             backend=device.name,
             params=params,
@@ -377,7 +386,8 @@ class Scheduler:
             qpu_seconds=qpu_seconds(device, params, prepared.shots) if self.qpu_time else 0.0,
         )
         job.log(f"job queued on {device.name} (program {program_id}, seed {seed})")
-        self.jobs[job.id] = job
+        if listed:
+            self.jobs[job.id] = job
         if session_id and session_id in self.sessions:
             sess = self.sessions[session_id]
             if sess.activated is None:
