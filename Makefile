@@ -34,6 +34,7 @@ lint:
 		scripts/cluster scripts/slurmroot scripts/test
 	# strict (see [tool.mypy] in pyproject.toml), the local cluster package too
 	$(PYTHON) -m mypy qproxy qiskit_slurm_provider scripts/localcluster
+	$(PYTHON) -m mypy scripts/test   # the test matrix runner (a file of its own: no package)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

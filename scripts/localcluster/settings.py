@@ -62,6 +62,11 @@ def _flag(opts: list[str], env: Mapping[str, str], default: bool) -> bool:
     return default if value == "" else value.lower() not in ("0", "no", "false", "off")
 
 
+
+def netns_name(suite: str) -> str:
+    """One network namespace per suite: the cluster's ports never meet the host's."""
+    return f"qproxy-{suite}"
+
 @dataclass(frozen=True)
 class Settings:
     suite: str
@@ -159,7 +164,7 @@ class Settings:
     def netns(self) -> str | None:
         """The single-node cluster's network namespace (None: host loopback or several
         nodes, which have their own)."""
-        return None if self.suite == "host" or self.multi else f"qproxy-{self.suite}"
+        return None if self.suite == "host" or self.multi else netns_name(self.suite)
 
     # ------------------------------------------------------------------ the state dir
     @property

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from scripts.localcluster.settings import CHROOT_SUITES as SUITES
+from scripts.localcluster.settings import netns_name
 from scripts.localcluster.system import apt_install
 
 
@@ -83,11 +84,6 @@ def chroot_dir(suite: str) -> Path:
     """Per-suite chroot directory, outside the git clone so `git clean` never recurses in.
     The host's own suite is "/" (netns only): mount/umount/destroy never touch it."""
     return Path("/") if suite == host_suite() else chroot_root() / suite
-
-
-def netns_name(suite: str) -> str:
-    """One network namespace per suite: the cluster's ports never meet the host's."""
-    return f"qproxy-{suite}"
 
 
 def recipe(suite: str) -> str:
