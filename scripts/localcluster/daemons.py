@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from scripts.localcluster.settings import Settings
-from scripts.localcluster.system import run
+from scripts.localcluster.system import log, run
 
 
 def pid_of(s: Settings, name: str) -> int | None:
@@ -102,3 +102,32 @@ def _alive(pid: int) -> bool:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
+
+
+def _self_and_ancestors() -> set[int]:
+    """This process and every process above it (from /proc/PID/stat's ppid field)."""
+    chain, pid = set(), os.getpid()
+    while pid > 1 and pid not in chain:
+        chain.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return chain
+
+
+def stop_namespace_processes(spaces: Iterable[str]) -> None:
+    """Stop whatever still runs inside these network namespaces before they are deleted:
+    all of it is this cluster's (job proxies, spares, job steps) and, after a test run was
+    killed, nobody else would ever stop it (a deleted namespace keeps its processes alive,
+    nameless). Not this process or its ancestors: the tests of a single-node cluster run
+    inside its namespace and call `down` at their end."""
+    keep = _self_and_ancestors()
+    pids: dict[str, int] = {}
+    for ns in spaces:
+        out = run("ip", "netns", "pids", ns, capture_output=True, check=False).stdout
+        pids.update({f"{ns}:{p}": int(p) for p in out.split() if int(p) not in keep})
+    if pids:
+        log(f"stopping {len(pids)} leftover process(es) in the namespaces")
+        stop_pids(pids)

@@ -135,13 +135,7 @@ def netns_down(s: Settings) -> None:
     """Stop what is left inside our namespaces (job proxies, steps: all started by this
     cluster), delete them (the veth pairs and the bridge go with them), unmount a chroot."""
     spaces = namespaces(s)
-    pids: dict[str, int] = {}
-    for ns in spaces:
-        out = run("ip", "netns", "pids", ns, capture_output=True, check=False).stdout
-        pids.update({f"{ns}:{p}": int(p) for p in out.split()})
-    if pids:
-        log(f"stopping {len(pids)} leftover process(es) in the namespaces")
-        daemons.stop_pids(pids)
+    daemons.stop_namespace_processes(spaces)
     for ns in spaces:
         run("ip", "netns", "delete", ns, check=False)
     if s.chroot:

@@ -45,8 +45,10 @@ def setup_namespace(s: Settings) -> None:
 
 
 def teardown(s: Settings) -> None:
-    """Unmount everything below the chroot and delete the netns (`slurmroot umount`)."""
+    """Stop what is left in the netns, unmount everything below the chroot and delete the
+    netns (`slurmroot umount`)."""
     if s.netns is not None:
+        daemons.stop_namespace_processes([s.netns])
         slurmroot(s, "umount", s.suite, check=False)
 
 
