@@ -11,8 +11,8 @@ from qproxy.config import Config, Resource, UpstreamSettings
 from qproxy.node.audit import AuditLog
 from qproxy.node.ledger import Ledger
 from qproxy.proxy.auth import JobAuth
-from qproxy.proxy.connlimit import ConnGuard
 from qproxy.proxy.metrics import ProxyMetrics
+from qproxy.proxy.neighbours import GUARD, Controls, peer_uid_of
 from qproxy.proxy.policy.backend import BackendPolicy
 from qproxy.proxy.policy.inflight import InflightBudget
 from qproxy.proxy.policy.isolation import Ownership
@@ -49,16 +49,14 @@ class JobContext:
     stats: dict[str, Any] = field(
         default_factory=lambda: {"requests": 0, "bytes_in": 0, "bytes_out": 0}
     )
+    # the neighbour controls of its listeners (qproxy.proxy.neighbours), over the same audit
+    # log, unauthenticated gate and counters
+    controls: Controls = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.controls = Controls(self.job_id, self.config.proxy, self.audit, self.unauth,
+                                 self.stats, self.metrics.request)
 
 
 CTX: web.AppKey[JobContext] = web.AppKey("qproxy_ctx", JobContext)
-# The connection guard of the job's port (absent in in-process tests without one).
-GUARD: web.AppKey[ConnGuard] = web.AppKey("qproxy_guard", ConnGuard)
-
-
-def peer_uid_of(request: web.Request) -> int | None:
-    """The uid at the other end of the request's connection, as its connection guard asked
-    the kernel when it was accepted (None: no guard, not loopback, or unknown)."""
-    guard = request.app.get(GUARD)
-    conn = guard.of(request.transport) if guard is not None else None
-    return conn.uid if conn is not None else None
+__all__ = ["CTX", "GUARD", "JobContext", "peer_uid_of"]

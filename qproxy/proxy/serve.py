@@ -338,7 +338,7 @@ async def run(args: argparse.Namespace, conf: cfg.Config, token: str, prep: Prep
         except (TimeoutError, UpstreamError):
             pass
     await ctx.client.close()
-    flush_unauthenticated(ctx)
+    flush_unauthenticated(ctx.controls)
     ctx.metrics.book_total(float(result.get("quantum_seconds") or 0.0))
     try:  # the final figures; the epilog folds them into the node's totals
         ctx.metrics.write(metrics_path(args))

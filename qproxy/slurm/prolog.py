@@ -6,8 +6,11 @@ A multi-node job runs this on every node. The job's lanes must hold across all o
 only its first node (Slurm's batch host, else the first of its nodes) leases them and starts
 the PRIMARY proxy (vendor key, lane gate, audit; plus a relay listener, see
 qproxy.proxy.relay.auth), publishing the listener in the job's AdminComment
-(``qpu backend=B lanes=N primary=ADDR:PORT run=R``); every other node waits for that and
-starts a RELAY proxy (qproxy.proxy.relay: no vendor key, forwards to the primary)."""
+(``qpu backend=B lanes=N primary=ADDR:PORT run=R sig=S``, S signed with the cluster key); every
+other node waits for that -- read from ``squeue --json``, never from ``scontrol -o`` text the
+job's user can write into, its signature checked and ADDR checked against the first node's
+NodeAddr -- and starts a RELAY proxy (qproxy.proxy.relay: no vendor key, forwards to the
+primary)."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from qproxy.slurmcli.admincomment import (
     start_admin_comment,
 )
 from qproxy.slurmcli.cluster import hostnames, node_addr
-from qproxy.slurmcli.jobs import het_components, job_info, show_job_text
+from qproxy.slurmcli.jobs import het_components, job_info
 from qproxy.slurmcli.record import JobRecord
 from qproxy.slurmcli.run import SlurmError
 
@@ -181,6 +184,20 @@ def qpu_text(resource: Resource, lanes: int) -> str:
     return f"qpu backend={resource.name} lanes={lanes}"
 
 
+def primary_comment(config: Config, job_id: str, text: str, where: str, run: int) -> str:
+    """The AdminComment naming the primary's relay listener (or ``failed``), signed with the
+    cluster key over job id, run and ``where`` (qproxy.proxy.relay.auth.sign_primary)."""
+    from qproxy.proxy.relay.auth import load_cluster_key, sign_primary
+    from qproxy.secrets import SecretsError
+
+    try:
+        sig = sign_primary(load_cluster_key(config.cluster_key_file), job_id, run, where)
+    except SecretsError as exc:  # the primary could not have started either
+        log.warning("job %s: %s", job_id, exc)
+        sig = "0"
+    return f"{text} primary={where} run={run} sig={sig}"
+
+
 def publish_primary(config: Config, job: JobState, proxy: proxyproc.Recorded, addr: str,
                     text: str, run: int) -> str:
     """Wait (bounded) for the primary's env file, then publish its relay listener for the
@@ -196,30 +213,54 @@ def publish_primary(config: Config, job: JobState, proxy: proxyproc.Recorded, ad
     where = format_hostport(addr, int(port)) if port.isdigit() else "failed"
     if where == "failed":
         log.warning("job %s: the primary proxy published no relay port", job.job_id)
-    set_admin_comment(job.job_id, f"{text} primary={where} run={run}")
+    set_admin_comment(job.job_id, primary_comment(config, job.job_id, text, where, run))
     return where
+
+
+def admin_comment_of(job_id: str) -> str | None:
+    """The job's AdminComment from ``squeue --json`` (a structured record: the job's user
+    writes JobName, Comment, WorkDir ... into the same ``scontrol -o`` line, where a forged
+    ``AdminComment=...`` or any other ``key=value`` cannot be told from Slurm's own)."""
+    return job_info(job_id).admin_comment
 
 
 def wait_for_primary(config: Config, job_id: str, resource: Resource, run: int,
                      first: str) -> str:
-    """The primary's relay listener (ADDR:PORT) once this run's AdminComment names it."""
-    from qproxy.proxy.relay.auth import parse_hostport
+    """The primary's relay listener (ADDR:PORT) once this run's AdminComment names it, signed
+    with the cluster key and on the first node's address; a relay never connects elsewhere."""
+    from qproxy.proxy.relay.auth import check_primary, load_cluster_key, parse_hostport
+    from qproxy.secrets import SecretsError
 
+    try:
+        key = load_cluster_key(config.cluster_key_file)
+    except SecretsError as exc:
+        raise JobRefused(f"this node cannot relay to the job's first node: {exc}; "
+                         "ask your admin") from None
     wait = config.proxy.relay_wait_seconds
     deadline = time.monotonic() + wait
     delay = 0.2
+    addr: str | None = None
     while True:
         try:
-            rec = show_job_text(job_id)
+            text = admin_comment_of(job_id)
         except SlurmError as exc:
             log.info("job %s: waiting for the primary: %s", job_id, exc)
-            rec = None
-        c = qpu_comment(rec.admin_comment) if rec else None
+            text = None
+        c = qpu_comment(text) if text else None
         if c and c.backend == resource.name and c.run == run and c.primary:
-            if c.primary == "failed":
+            if not check_primary(key, job_id, run, c.primary, c.sig):
+                log.warning("job %s: AdminComment names primary=%s without a valid "
+                            "signature; ignored", job_id, c.primary[:80])
+            elif c.primary == "failed":
                 raise JobRefused(f"the QPU proxy on this job's first node ({first}) could not "
                                  "start; see the job's error from that node")
-            if parse_hostport(c.primary):
+            elif (hp := parse_hostport(c.primary)) is not None:
+                if addr is None:
+                    addr = node_addr(first)
+                if hp[0] != addr:
+                    raise JobRefused(f"the published QPU proxy address {c.primary} is not "
+                                     f"on this job's first node ({first}, {addr}); ask "
+                                     "your admin")
                 return c.primary
         if time.monotonic() >= deadline:
             raise JobRefused(f"the QPU proxy on this job's first node ({first}) did not "
@@ -235,7 +276,7 @@ def start_relay(config: Config, job: JobState, resource: Resource, user: str, ui
     args = ["--relay-to", primary, "--config", str(config.path), "--job-id", job.job_id,
             "--user", user, "--backend", resource.name, "--lanes", str(lanes),
             "--env-file", str(job.env_file), "--summary-file", str(job.summary),
-            "--node", me,
+            "--node", me, "--run", str(info.restart_cnt),
             "--audit-log", str(config.audit_dir / f"{audit_stem(job.job_id, me)}.jsonl")]
     pid = proxyproc.start(args, job.proxy_log).pid
     start = start_ticks(pid)
@@ -282,7 +323,8 @@ def prolog(config: Config, job_id: str, uid: int, backend: str,
         acquire_lanes(config, resource, job_id, lanes)
         leased = True
         addr = node_addr(me) if role == "primary" else ""
-        extra = ("--relay-listen", addr) if role == "primary" else ()
+        extra = (("--relay-listen", addr, "--run", str(info.restart_cnt))
+                 if role == "primary" else ())
         proxy = start_proxy(config, job, resource, user, lanes, info, extra)
         pid, spare_id = proxy.pid, proxy.spare
         comment = start_admin_comment(job_id, text) if role == "single" else None
@@ -314,5 +356,6 @@ def prolog(config: Config, job_id: str, uid: int, backend: str,
         if leased:
             lease.release(config, job_id)
     if published is not None:  # the primary failed: its relays should not wait for it
-        set_admin_comment(job_id, f"{published} primary=failed run={info.restart_cnt}")
+        set_admin_comment(job_id, primary_comment(config, job_id, published, "failed",
+                                                  info.restart_cnt))
     return 0

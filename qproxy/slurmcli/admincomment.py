@@ -15,20 +15,26 @@ log = logging.getLogger("qproxy.slurm")  # the hooks' logger, as before the pack
 
 # The prolog's AdminComment (QpuComment below): it holds spaces, which `scontrol -o`
 # prints unquoted, so the text parser finds it by this pattern, not by the next blank.
-QPU_FIELDS = r"qpu backend=(\S+) lanes=(\d+)(?: primary=(\S+))?(?: run=(\d+))?"
+QPU_FIELDS = (r"qpu backend=(\S+) lanes=(\d+)(?: primary=(\S+))?(?: run=(\d+))?"
+              r"(?: sig=([0-9a-f]{1,64}))?")
 ADMIN_TEXT = re.compile(r"\bAdminComment=(" + QPU_FIELDS + ")")
 
 
 @dataclass(frozen=True)
 class QpuComment:
     """The AdminComment the prolog sets: ``qpu backend=B lanes=N`` and, for a multi-node
-    job, ``primary=ADDR:PORT run=R`` (``primary=failed`` when the first node's proxy could
-    not start). Only root / the SlurmUser can set AdminComment, never the job's user."""
+    job, ``primary=ADDR:PORT run=R sig=S`` (``primary=failed`` when the first node's proxy
+    could not start; ``sig``: qproxy.proxy.relay.auth.sign_primary under the cluster key).
+    Only root / the SlurmUser can set AdminComment, never the job's user -- but the job's
+    user writes other fields of the same ``scontrol -o`` line (JobName, Comment, WorkDir,
+    ...), so a root decision reads AdminComment from JSON (``squeue --json``) and checks
+    ``sig``, never from that text (issue 24)."""
 
     backend: str
     lanes: int
     primary: str = ""
     run: int | None = None
+    sig: str = ""
 
 
 _QPU_COMMENT = re.compile(QPU_FIELDS + r"(?:\s|$)")
@@ -39,7 +45,7 @@ def qpu_comment(text: str) -> QpuComment | None:
     if not m:
         return None
     return QpuComment(m.group(1), int(m.group(2)), m.group(3) or "",
-                      int(m.group(4)) if m.group(4) else None)
+                      int(m.group(4)) if m.group(4) else None, m.group(5) or "")
 
 
 def start_admin_comment(job_id: str, text: str) -> subprocess.Popen[str] | None:

@@ -86,7 +86,11 @@ def _count(value: Any) -> int:
 
 
 def record_from_text(job_id: str, line: str) -> JobRecord:
-    """One ``scontrol -o show job`` line (any version)."""
+    """One ``scontrol -o show job`` line (any version). Not for root decisions: the line is
+    read as key=value pairs, and the job's user writes text with spaces into it (JobName,
+    Comment, WorkDir, Command), so it can carry any field, a forged AdminComment included
+    (issue 24); root reads ``squeue --json`` (``record_from_json``). Slurm mode's job status
+    (the job's own user reading their own job) is its one reader."""
     f = dict(re.findall(r"(\S+?)=(\S*)", line))
     uid = re.match(r"(\S*?)\((\d+)\)", f.get("UserId", ""))
     return JobRecord(

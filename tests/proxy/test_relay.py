@@ -21,7 +21,13 @@ import pytest
 import requests
 
 from qproxy.emulator.reader import EmulatorReader, parse_time, peak_concurrency
-from qproxy.proxy.relay.auth import RELAY_HEADER, RELAY_PORT_ENV, relay_token
+from qproxy.proxy.relay.auth import (
+    NODE_HEADER,
+    RELAY_HEADER,
+    RELAY_PORT_ENV,
+    relay_token,
+    sign_request,
+)
 
 from .conftest import Proxy, read_env_file, write_config
 from .test_e2e import _submit_raw, bell, isa
@@ -80,9 +86,13 @@ class Job:
         self.started.append(p)
         return p
 
-    def relay(self, primary: Proxy, node: str = "node2") -> Proxy:
+    def relay(self, primary: Proxy, node: str = "node2", extra: str = "",
+              before: Any = None) -> Proxy:
+        """``before(d)``: called with the relay's directory before it starts."""
         d = self.root / f"relay-{node}"
-        conf = write_config(self.emulator, d)
+        conf = write_config(self.emulator, d, extra)
+        if before is not None:
+            before(d)
         (d / "secrets.toml").unlink()  # this node's proxy needs no vendor key at all
         _with_cluster_key(conf, self.key_file, secrets_file=str(d / "no-such-secrets.toml"))
         env_file = d / "job" / "env"
@@ -204,26 +214,43 @@ def test_client_through_relay_and_primary(job: Job, emulator: Any, client_env: A
     assert primary_summary["upstream_jobs"] == 4
 
 
+def signed(key: bytes, job_id: str, method: str, target: str, length: int | None = None,
+           node: str = "node2", run: int = 0, **kw: Any) -> dict[str, str]:
+    """A relay's headers for one request (per-request signature: issue 24 item 4)."""
+    return {RELAY_HEADER: sign_request(key, job_id, run, method, target, length, node, **kw),
+            NODE_HEADER: node}
+
+
 def test_relay_listener_auth(job: Job, cluster_key: Path) -> None:
     primary = job.primary()
     relay_url = f"http://127.0.0.1:{primary.env[RELAY_PORT_ENV]}/api/v1"
     key = cluster_key.read_bytes()
-    good = {RELAY_HEADER: relay_token(key, job.job_id)}
+    good = signed(key, job.job_id, "GET", "/api/v1/backends")
     r = requests.get(relay_url + "/backends", headers=good, timeout=30)
     assert r.status_code == 200 and [d["name"] for d in r.json()["devices"]] == ["ibm_fez"]
 
     bearer = primary.bearer()
     for headers in ({}, {RELAY_HEADER: "0" * 64},
+                    {RELAY_HEADER: relay_token(key, job.job_id)},  # the old static header
+                    good,  # replayed
+                    signed(key, job.job_id, "GET", "/api/v1/backends", run=1),  # other run
+                    signed(key, job.job_id, "GET", "/api/v1/backends",
+                           now=time.time() - 120),  # too old
+                    signed(key, job.job_id, "GET", "/api/v1/jobs"),  # another request's
+                    signed(key, "7002", "GET", "/api/v1/backends"),
                     {RELAY_HEADER: relay_token(key, "7002")},  # another job's relay
                     {RELAY_HEADER: relay_token(b"another key" * 4, job.job_id)},
                     bearer, {"Authorization": f"apikey {primary.token}"}):
         _error_shape(requests.get(relay_url + "/backends", headers=headers, timeout=10), 401)
     # no IAM exchange on the relay listener, even with the header
-    r = requests.post(relay_url.removesuffix("/api/v1") + "/identity/token", headers=good,
-                      data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey",
-                            "apikey": primary.token}, timeout=10)
+    form = f"grant_type=urn%3Aibm%3Aparams%3Aoauth%3Agrant-type%3Aapikey&apikey={primary.token}"
+    r = requests.post(relay_url.removesuffix("/api/v1") + "/identity/token",
+                      headers={**signed(key, job.job_id, "POST", "/identity/token", len(form)),
+                               "Content-Type": "application/x-www-form-urlencoded"},
+                      data=form, timeout=10)
     _error_shape(r, 404)
     # the relay header is refused on the job-facing listener, even with the job's token
+    good = signed(key, job.job_id, "GET", "/api/v1/backends")
     _error_shape(requests.get(primary.api + "/backends", headers={**bearer, **good},
                               timeout=10), 401, RELAY_HEADER)
     assert requests.get(primary.api + "/backends", headers=bearer, timeout=10).ok
@@ -260,7 +287,8 @@ def test_relay_listener_connection_guard(job: Job, cluster_key: Path) -> None:
         time.sleep(0.3)
         with socket.create_connection(addr, timeout=10) as bad:
             bad.sendall(("GET /api/v1/backends HTTP/1.1\r\nHost: x\r\n"
-                         f"{RELAY_HEADER}: {'0' * 64}\r\n\r\n").encode())
+                         f"{RELAY_HEADER}: {relay_token(cluster_key.read_bytes(), job.job_id)}"
+                         "\r\n\r\n").encode())
             reply = _recv_all(bad)  # returns only because the proxy closed the connection
         assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
     finally:

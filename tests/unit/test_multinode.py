@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from qproxy.config import ConfigError, load, port_range
+from qproxy.proxy.relay import auth as relay_auth
 from qproxy.proxy.relay.auth import (
     check_relay_token,
     format_hostport,
@@ -20,6 +21,7 @@ from qproxy.proxy.relay.auth import (
     node_label,
     parse_hostport,
     relay_token,
+    sign_primary,
 )
 from qproxy.records import ProxyRecord
 from qproxy.secrets import SecretsError
@@ -52,6 +54,15 @@ def _info(nodes: str = "vm", batch_host: str = "", lic: int = 2, run: int = 0) -
 
 
 HOSTS = {"n[1-3]": ["n1", "n2", "n3"], "m2,m1": ["m2", "m1"]}
+KEY = b"c" * 32  # the cluster key of FakeSlurm's nodes
+
+
+def signed(text: str, job_id: str = "42") -> str:
+    """``text`` (an AdminComment naming primary= and run=) signed as a primary's prolog
+    signs it (issue 24: relays take only a signed address)."""
+    c = qpu_comment(text)
+    assert c is not None and c.run is not None
+    return f"{text} sig={sign_primary(KEY, job_id, c.run, c.primary)}"
 
 
 @pytest.fixture
@@ -163,7 +174,8 @@ class FakeSlurm:
                             lambda job_id, text: self.comments.append(text) or True)
         monkeypatch.setattr(pl, "start_admin_comment", lambda job_id, text: None)
         monkeypatch.setattr(pl, "finish_admin_comment", lambda job_id, proc: True)
-        monkeypatch.setattr(pl, "show_job_text", self._show)
+        monkeypatch.setattr(pl, "admin_comment_of", self._show)
+        monkeypatch.setattr(relay_auth, "load_cluster_key", lambda path: KEY)
         monkeypatch.setattr(pl.time, "sleep", lambda s: None)
         monkeypatch.setattr(pl, "keep_spares", lambda config: None)
         monkeypatch.setenv("SLURMD_NODENAME", me)
@@ -177,11 +189,10 @@ class FakeSlurm:
 
         monkeypatch.setattr(pl.proxyproc, "start", start)
 
-    def _show(self, job_id: str) -> JobRecord | None:
+    def _show(self, job_id: str) -> str:
         if not self.shown:
             raise SlurmError("no answer")
-        text = self.shown.pop(0) if len(self.shown) > 1 else self.shown[0]
-        return JobRecord(job_id, "RUNNING", admin_comment=text)
+        return self.shown.pop(0) if len(self.shown) > 1 else self.shown[0]
 
 
 def _ready_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None) -> None:
@@ -201,7 +212,8 @@ def test_prolog_primary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert "--relay-to" not in args
     rec = job.read_record()
     assert rec is not None and rec.role == "primary" and rec.lanes == 2
-    assert fake.comments == ["qpu backend=ibm_fez lanes=2 primary=10.0.0.1:612 run=1"]
+    assert fake.comments == [signed("qpu backend=ibm_fez lanes=2 primary=10.0.0.1:612 run=1")]
+    assert args[args.index("--run") + 1] == "1"
     assert pl.lease.held(config).get("ibm_fez", {}) == {"42": 2}
 
 
@@ -212,7 +224,7 @@ def test_prolog_primary_without_relay_port(tmp_path: Path,
     monkeypatch.setattr(pl.spares, "claim", lambda *a: None)
     _ready_env(monkeypatch, None)  # the proxy died at start
     pl.prolog(config, "42", os.getuid(), "ibm_fez")
-    assert fake.comments == ["qpu backend=ibm_fez lanes=2 primary=failed run=0"]
+    assert fake.comments == [signed("qpu backend=ibm_fez lanes=2 primary=failed run=0")]
 
 
 def test_prolog_primary_refused_tells_the_relays(tmp_path: Path,
@@ -226,7 +238,7 @@ def test_prolog_primary_refused_tells_the_relays(tmp_path: Path,
     monkeypatch.setattr(pl, "acquire_lanes", busy)
     pl.prolog(config, "42", os.getuid(), "ibm_fez")
     assert JobState.of(config, "42").read_error() == "all lanes busy"
-    assert fake.comments == ["qpu backend=ibm_fez lanes=2 primary=failed run=0"]
+    assert fake.comments == [signed("qpu backend=ibm_fez lanes=2 primary=failed run=0")]
     assert fake.started == []
 
 
@@ -234,14 +246,15 @@ def test_prolog_relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _config(tmp_path)
     fake = FakeSlurm(monkeypatch, _info("n[1-3]", "n1", run=1), "n3")
     fake.shown = ["qpu backend=ibm_fez lanes=2",  # the primary has not published yet
-                  "qpu backend=ibm_fez lanes=2 primary=10.0.0.1:600 run=0",  # last run's
-                  "qpu backend=ibm_fez lanes=2 primary=10.0.0.1:612 run=1"]
+                  signed("qpu backend=ibm_fez lanes=2 primary=10.0.0.1:600 run=0"),  # last run's
+                  signed("qpu backend=ibm_fez lanes=2 primary=10.0.0.1:612 run=1")]
     assert pl.prolog(config, "42", os.getuid(), "ibm_fez") == 0
     job = JobState.of(config, "42")
     assert job.read_error() is None
     args = fake.started[0]
     assert args[:2] == ["--relay-to", "10.0.0.1:612"]
     assert args[args.index("--node") + 1] == "n3"
+    assert args[args.index("--run") + 1] == "1"
     assert "--relay-listen" not in args and "--ledger-file" not in args
     rec = job.read_record()
     assert isinstance(rec, ProxyRecord)
@@ -267,7 +280,7 @@ def test_prolog_relay_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_prolog_relay_primary_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _config(tmp_path)
     fake = FakeSlurm(monkeypatch, _info("n[1-3]", "n1"), "n2")
-    fake.shown = ["qpu backend=ibm_fez lanes=2 primary=failed run=0"]
+    fake.shown = [signed("qpu backend=ibm_fez lanes=2 primary=failed run=0")]
     pl.prolog(config, "42", os.getuid(), "ibm_fez")
     error = JobState.of(config, "42").read_error()
     assert error and "could not start" in error and fake.started == []
@@ -358,3 +371,84 @@ def test_relay_ports_setting(tmp_path: Path) -> None:
     assert _config(tmp_path).cluster_key_file == Path("/etc/qproxy/cluster.key")
     with pytest.raises(ConfigError, match="relay_ports must be"):
         _config(tmp_path, 'relay_ports = "1024-2000"')
+
+
+# --------------------------------------------------------------------------- issue 24 items 3, 4
+FORGED = "qpu backend=ibm_fez lanes=1 primary=10.6.6.6:612 run=1"
+
+
+@pytest.mark.parametrize("shown", [
+    [FORGED],  # unsigned: what a job name could carry
+    [f"{FORGED} sig={'0' * 32}"],
+    [f"{FORGED} sig={sign_primary(b'x' * 32, '42', 1, '10.6.6.6:612')}"],  # another key
+    [signed(FORGED, job_id="43")],  # signed for another job
+    [signed("qpu backend=ibm_fez lanes=1 primary=10.6.6.6:612 run=0")],  # another run's
+])
+def test_prolog_relay_ignores_an_unsigned_primary(tmp_path: Path, shown: list[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config(tmp_path, "relay_wait_seconds = 0.01")
+    fake = FakeSlurm(monkeypatch, _info("n[1-3]", "n1", run=1), "n2")
+    fake.shown = shown
+    pl.prolog(config, "42", os.getuid(), "ibm_fez")
+    error = JobState.of(config, "42").read_error()
+    assert error and "did not publish its address" in error and fake.started == []
+
+
+def test_prolog_relay_refuses_a_primary_off_the_first_node(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even signed (a key leak, a bug), ADDR must be the first node's NodeAddr (10.0.0.1)."""
+    config = _config(tmp_path)
+    fake = FakeSlurm(monkeypatch, _info("n[1-3]", "n1", run=1), "n2")
+    fake.shown = [signed(FORGED)]
+    pl.prolog(config, "42", os.getuid(), "ibm_fez")
+    error = JobState.of(config, "42").read_error()
+    assert error and "not on this job's first node (n1, 10.0.0.1)" in error
+    assert fake.started == []
+
+
+def test_prolog_relay_reads_admin_comment_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's name is the user's: in ``scontrol -o`` text a forged AdminComment in it comes
+    first (the text parser found it); in squeue's JSON it is only the name."""
+    doc = json.loads((DATA / "22.05.8" / "squeue-json-jobs-running-lic.json").read_text())
+    job = {**doc["jobs"][0], "name": f"x AdminComment={FORGED}", "admin_comment": ""}
+    monkeypatch.setattr(pl, "job_info", lambda job_id: record_from_json(job, "squeue"))
+    assert pl.admin_comment_of("42") == ""
+    line = f"JobId=42 JobName=x AdminComment={FORGED} UserId=alice(1001) AdminComment= x=y"
+    assert record_from_text("42", line).admin_comment.startswith(FORGED)  # why not text
+
+
+def test_relay_request_signature() -> None:
+    """Per request: time window, run, nonce once, method/target/length/node bound."""
+    from qproxy.proxy.relay.auth import RequestChecker, sign_request
+
+    key, now = b"k" * 32, 1_800_000_000.0
+    c = RequestChecker(key, "42", 2, clock=lambda: now)
+
+    def sig(**kw: Any) -> str:
+        args = {"method": "POST", "target": "/api/v1/jobs?x=1", "length": 120, "node": "n2",
+                "run": 2, "job_id": "42", "now": now, **kw}
+        return sign_request(key, args.pop("job_id"), args.pop("run"), args.pop("method"),
+                            args.pop("target"), args.pop("length"), args.pop("node"), **args)
+
+    def check(value: str, method: str = "POST", target: str = "/api/v1/jobs?x=1",
+              length: int | None = 120, node: str = "n2") -> str | None:
+        return c.check(value, method, target, length, node)
+
+    good = sig()
+    assert check(good) is None
+    assert check(good) == "replayed relay request"
+    for value, why in ((sig(run=1), "another run"), (sig(now=now - 31), "time window"),
+                       (sig(now=now + 31), "time window"), (sig(job_id="43"), "bad"),
+                       ("", "missing"), ("v2 ts=1 run=2", "malformed"),
+                       (relay_token(key, "42"), "malformed")):
+        assert why in (check(value) or ""), (value, check(value))
+    for kw in ({"method": "DELETE"}, {"target": "/api/v1/jobs?x=2"}, {"length": 121},
+               {"length": None}, {"node": "n3"}):
+        assert check(sig(), **kw) == "bad relay signature", kw  # type: ignore[arg-type]
+    assert check(sig(length=None), length=0) is None  # no body, however it is spelt
+    # nonces are remembered for the window only
+    later = RequestChecker(key, "42", 2, clock=lambda: now)
+    assert later.check(good, "POST", "/api/v1/jobs?x=1", 120, "n2") is None
+    later.clock = lambda: now + 100
+    assert later.check(sig(now=now + 100), "POST", "/api/v1/jobs?x=1", 120, "n2") is None
+    assert len(later.seen) == 1

@@ -4,9 +4,13 @@ It holds no vendor key (it never reads the secrets file) and enforces no QPU pol
 it authenticates this node's tasks with its own per-job token, exactly like a job's proxy
 (the client's IAM exchange is answered here, ``routes.iam``), and forwards every Runtime
 API request -- method, path, query, the headers a proxy forwards, the body streamed -- to the
-job's primary proxy with this job's relay header (``qproxy.proxy.relay.auth``), streaming the
-answer back. So every task of the job, on any node, goes through the primary's one lane
-gate, ownership and audit log, and the job never holds anything worth more than its own job.
+job's primary proxy with a relay header signed for that request (``qproxy.proxy.relay.auth``:
+time, run, nonce, method, target, body length, node), streaming the answer back. Its port has
+the job port's neighbour controls (``qproxy.proxy.neighbours``): connection guard,
+unauthenticated requests summarised per uid and 429 past the bucket, a keyed and capped audit
+log, 503 when it cannot audit. So every task of the job, on any node, goes through the
+primary's one lane gate, ownership and audit log, and the job never holds anything worth
+more than its own job.
 
 Same contract with the Slurm hooks as ``qproxy serve`` (the skeleton both share:
 ``qproxy.proxy.lifecycle``): once listening, the env file (the same client variables); on
@@ -22,14 +26,13 @@ import asyncio
 import logging
 import os
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qproxy import config as cfg
 from qproxy.clientenv import client_env
-from qproxy.node.audit import AuditLog
+from qproxy.node.audit import AuditLog, load_key
 from qproxy.node.envfile import remove_env_file, write_env_file
 from qproxy.proxy.auth import JobAuth, new_job_token
 from qproxy.proxy.lifecycle import (
@@ -46,7 +49,7 @@ from qproxy.proxy.relay.auth import (
     load_cluster_key,
     node_label,
     parse_hostport,
-    relay_token,
+    sign_request,
 )
 from qproxy.records import JobSummary
 from qproxy.runtime_api import API_PREFIXES, IAM_TOKEN_PATH
@@ -55,6 +58,8 @@ from qproxy.secrets import SecretsError
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp import web
+
+    from qproxy.proxy.neighbours import Controls
 
 log = logging.getLogger("qproxy.proxy.relay")
 CHUNK = 64 * 1024
@@ -71,6 +76,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backend", required=True, help="resource name from the config")
     p.add_argument("--env-file", type=Path, required=True)
     p.add_argument("--node", default="", help="this node's name (sent to the primary)")
+    p.add_argument("--run", type=int, default=0,
+                   help="the job's restart count (bound into every relayed request)")
     p.add_argument("--port", type=int, default=None,
                    help="default: the first free port of [proxy].ports")
     p.add_argument("--lanes", type=int, default=0, help="informational: the primary counts")
@@ -88,32 +95,47 @@ class Relay:
     node: str
     primary: str  # HOST:PORT as given
     base: str  # http://HOST:PORT
-    header: str  # this job's relay header value (never logged)
+    key: bytes  # the cluster key: signs each relayed request (never logged)
+    run: int  # the job's restart count, bound into each signature
     auth: JobAuth
-    audit: AuditLog
+    controls: Controls  # the neighbour controls every listener has (qproxy.proxy.neighbours)
     max_request_bytes: int
     read_timeout: float
     session: aiohttp.ClientSession | None = None
-    stats: dict[str, int] = field(
-        default_factory=lambda: {"requests": 0, "bytes_in": 0, "bytes_out": 0})
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.controls.audit
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.controls.stats
 
 
 # --- the app ------------------------------------------------------------------------------
 def create_app(relay: Relay) -> web.Application:
+    """The job-facing app of a relay: the same neighbour controls as the job's port (conn,
+    audit: unauthenticated requests counted and summarised per uid, 429 past the bucket, one
+    keyed record per authenticated request, 503 when it cannot be written), the same error
+    shape; its own token exchange; every Runtime API request forwarded."""
     from aiohttp import web
 
+    from qproxy.proxy.app import error_mw
+    from qproxy.proxy.neighbours import CONTROLS, audit_mw, conn_mw
     from qproxy.proxy.routes import iam
 
     key: web.AppKey[Relay] = web.AppKey("qproxy_relay", Relay)
 
     async def token(request: web.Request) -> web.StreamResponse:
-        return await iam.exchange(request, relay.auth)
+        return await iam.token_for(request, relay.auth)
 
     async def api(request: web.Request) -> web.StreamResponse:
         return await forward(relay, request)
 
-    app = web.Application(middlewares=[_audit_mw(relay), _error_mw(), _auth_mw(relay)])
+    app = web.Application(middlewares=[conn_mw, audit_mw, error_mw, _auth_mw(relay)],
+                          client_max_size=relay.max_request_bytes)
     app[key] = relay
+    app[CONTROLS] = relay.controls
     app.router.add_route("POST", IAM_TOKEN_PATH, token)
     for prefix in API_PREFIXES:
         app.router.add_route("*", prefix + "/{tail:.*}", api)
@@ -150,79 +172,21 @@ async def _session(relay: Relay) -> Any:
     await relay.session.close()
 
 
-def _audit_mw(relay: Relay) -> Any:
-    from aiohttp import web
-
-    @web.middleware
-    async def audit_mw(request: web.Request, handler: Any) -> web.StreamResponse:
-        start = time.monotonic()
-        status = 500
-        try:
-            resp: web.StreamResponse = await handler(request)
-            status = resp.status
-            return resp
-        except (asyncio.CancelledError, ConnectionResetError):
-            status = 499
-            raise
-        finally:
-            bytes_in = int(request.get("bytes_in", 0))
-            bytes_out = int(request.get("bytes_out", 0))
-            relay.stats["requests"] += 1
-            relay.stats["bytes_in"] += bytes_in
-            relay.stats["bytes_out"] += bytes_out
-            relay.audit.record("request", method=request.method, path=request.path,
-                               status=status, bytes_in=bytes_in, bytes_out=bytes_out,
-                               latency_ms=round((time.monotonic() - start) * 1000, 1),
-                               via="relay", **request.get("audit", {}))
-
-    return audit_mw
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def _error_mw() -> Any:
-    from aiohttp import web
-
-    from qproxy.proxy.policy.errors import PolicyError
-    from qproxy.proxy.routes.errors import error_response
-
-    @web.middleware
-    async def error_mw(request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            resp: web.StreamResponse = await handler(request)
-            return resp
-        except (PolicyError, _Refused) as exc:
-            request.setdefault("audit", {})["refused"] = exc.message
-            return error_response(exc.status, exc.message)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            reason = "unknown route" if exc.status == 404 else exc.reason
-            return error_response(exc.status, f"{reason}: {request.method} {request.path}")
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
-        except Exception:  # noqa: BLE001 - never a traceback to the job
-            log.exception("internal error on %s %s", request.method, request.path)
-            return error_response(500, "internal relay error")
-
-    return error_mw
-
-
 def _auth_mw(relay: Relay) -> Any:
     from aiohttp import web
 
+    from qproxy.proxy.neighbours import authenticated, refuse_unauthenticated
+
     @web.middleware
     async def auth_mw(request: web.Request, handler: Any) -> web.StreamResponse:
+        request.setdefault("audit", {})["via"] = "relay"
         if RELAY_HEADER in request.headers:
-            raise _Refused(401, f"{RELAY_HEADER} is not accepted on this listener")
-        if request.path != IAM_TOKEN_PATH:
+            refuse_unauthenticated(request, f"{RELAY_HEADER} is not accepted on this listener")
+        if request.path != IAM_TOKEN_PATH:  # the exchange is judged by its token (iam.py)
             reason = relay.auth.check_header(request.headers.get("Authorization"))
             if reason is not None:
-                raise _Refused(401, reason)
+                refuse_unauthenticated(request, reason)
+            authenticated(request)
         resp: web.StreamResponse = await handler(request)
         return resp
 
@@ -235,18 +199,25 @@ async def forward(relay: Relay, request: web.Request) -> web.StreamResponse:
     from aiohttp import web
     from yarl import URL
 
+    from qproxy.proxy.policy.errors import PolicyError
+    from qproxy.proxy.relay.listen import body_length
     from qproxy.proxy.routes.runtime import FORWARD_HEADERS, RESPONSE_HEADERS
 
     if ".." in request.path.split("/"):
-        raise _Refused(404, f"unknown route: {request.method} {request.path}")
+        raise PolicyError(404, f"unknown route: {request.method[:16]} {request.path[:200]}")
     limit = relay.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise _Refused(413, f"request body larger than the limit of {limit} bytes")
+        raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
     headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
-    headers[RELAY_HEADER] = relay.header
-    headers[NODE_HEADER] = relay.node
-    url = URL(relay.base + request.rel_url.raw_path_qs, encoded=True)
     data = _body(request) if request.body_exists else None
+    length = body_length(request) if data is not None else None
+    if length:  # sent as it came (exactly this many bytes): the signature binds it
+        headers["Content-Length"] = str(length)
+    target = request.rel_url.raw_path_qs
+    headers[RELAY_HEADER] = sign_request(relay.key, relay.job_id, relay.run, request.method,
+                                         target, length, relay.node)
+    headers[NODE_HEADER] = relay.node
+    url = URL(relay.base + target, encoded=True)
     assert relay.session is not None
     out: web.StreamResponse | None = None
     try:
@@ -271,7 +242,7 @@ async def forward(relay: Relay, request: web.Request) -> web.StreamResponse:
             raise ConnectionResetError(f"primary proxy connection lost: {exc}") from None
         log.warning("job %s: primary proxy %s: %s: %s", relay.job_id, relay.primary,
                     type(exc).__name__, exc)
-        raise _Refused(502, f"the QPU proxy on this job's first node ({relay.primary}) "
+        raise PolicyError(502, f"the QPU proxy on this job's first node ({relay.primary}) "
                        f"cannot be reached: {type(exc).__name__}") from None
 
 
@@ -310,23 +281,29 @@ def main(argv: list[str]) -> int:
     primary = format_hostport(*target)
     node = node_label(args.node) if args.node else "?"
     try:
-        audit = AuditLog(Path(audit_path), job_id=args.job_id, user=args.user)
+        # keyed and capped like the job's proxy's (qproxy.node.audit)
+        audit = AuditLog(Path(audit_path), key=load_key(conf.audit_key_file, create=True),
+                         key_file=conf.audit_key_file, max_bytes=conf.proxy.audit_max_bytes,
+                         job_id=args.job_id, user=args.user)
         token = new_job_token()
         port = sock.getsockname()[1]
         env = client_env(f"http://{conf.proxy.host}:{port}", token, instance)
         write_env_file(args.env_file, env)
-        audit.record("start", role="relay", backend=resource.name, primary=primary,
-                     node=node, port=port, pid=os.getpid())
+        audit.record("start", **audit.chain_fields(), role="relay", backend=resource.name,
+                     primary=primary, node=node, port=port, pid=os.getpid(), run=args.run)
         log.info("job %s: relay for %s on %s:%d -> primary %s", args.job_id, resource.name,
                  conf.proxy.host, port, primary)
+        from qproxy.proxy.neighbours import Controls
+
         relay = Relay(
             job_id=args.job_id, node=node, primary=primary, base=f"http://{primary}",
-            header=relay_token(key, args.job_id),
-            auth=JobAuth(token, args.job_id, conf.proxy.token_ttl_seconds), audit=audit,
+            key=key, run=args.run,
+            auth=JobAuth(token, args.job_id, conf.proxy.token_ttl_seconds),
+            controls=Controls.of(args.job_id, conf.proxy, audit),
             max_request_bytes=conf.proxy.max_request_bytes,
             read_timeout=max(900.0, conf.proxy.lanes_wait_seconds + 120))
         try:
-            asyncio.run(_serve(relay, sock))
+            asyncio.run(_serve(relay, sock, args.user))
         except EarlyStop:
             pass
         _finish(args, relay, resource.name)
@@ -338,16 +315,17 @@ def main(argv: list[str]) -> int:
         remove_env_file(args.env_file)
 
 
-async def _serve(relay: Relay, sock: Any) -> None:
-    from aiohttp import web
+async def _serve(relay: Relay, sock: Any, user: str) -> None:
+    from qproxy.proxy.neighbours import flush_unauthenticated, serve_guarded
+    from qproxy.proxy.serve import job_uid
 
     stop = stop_event()
-    runner = web.AppRunner(create_app(relay), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    runner, server = await serve_guarded(create_app(relay), sock, job_uid(user))
     await stop.wait()
     log.info("job %s: relay shutting down", relay.job_id)
+    server.close()
     await runner.cleanup()
+    flush_unauthenticated(relay.controls)
 
 
 def _finish(args: argparse.Namespace, relay: Relay, backend: str) -> None:

@@ -23,24 +23,29 @@ import orjson
 from aiohttp import web
 
 from qproxy.proxy.auth import JobAuth
-from qproxy.proxy.context import CTX, peer_uid_of
+from qproxy.proxy.context import CTX
+from qproxy.proxy.neighbours import CONTROLS, TOO_MANY, peer_uid_of
 from qproxy.proxy.policy.audited import refuse_unaudited
 from qproxy.proxy.policy.errors import PolicyError
 
 GRANT = "urn:ibm:params:oauth:grant-type:apikey"
 FORM_MAX = 64 * 1024
 FORM_SMALL = 1024
-TOO_MANY = "too many unauthenticated requests to this QPU proxy"
 
 
 async def token(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
+    return await token_for(request, request.app[CTX].auth)
+
+
+async def token_for(request: web.Request, auth: JobAuth) -> web.Response:
+    """The exchange of any listener with the neighbour controls (a job's proxy, a relay)."""
+    c = request.app[CONTROLS]
     uid = peer_uid_of(request)
     return await exchange(
-        request, ctx.auth, on_refused=lambda: ctx.unauth.allow(uid),
-        on_accepted=lambda: refuse_unaudited(ctx.audit),
-        max_body=FORM_SMALL if ctx.unauth.exhausted(uid) else FORM_MAX,
-        body_timeout=ctx.config.proxy.client_body_timeout_seconds)
+        request, auth, on_refused=lambda: c.unauth.allow(uid),
+        on_accepted=lambda: refuse_unaudited(c.audit),
+        max_body=FORM_SMALL if c.unauth.exhausted(uid) else FORM_MAX,
+        body_timeout=c.settings.client_body_timeout_seconds)
 
 
 async def _read_form(request: web.Request, limit: int, timeout: float) -> bytes | None:
@@ -62,7 +67,7 @@ async def exchange(request: web.Request, auth: JobAuth, *,
                    on_refused: Callable[[], bool] | None = None,
                    on_accepted: Callable[[], object] | None = None,
                    max_body: int = FORM_MAX, body_timeout: float = 30.0) -> web.Response:
-    """The exchange against one JobAuth (a job's proxy's, or a relay's: qproxy.proxy.relay).
+    """The exchange against one JobAuth.
     ``on_refused``: a refused exchange takes a token of its uid's unauthenticated bucket,
     False: answer 429; ``on_accepted``: the job's proxy refuses work it cannot audit
     (qproxy.proxy.policy.audited)."""
