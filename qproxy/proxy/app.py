@@ -87,7 +87,7 @@ async def error_mw(request: web.Request, handler: Handler) -> web.StreamResponse
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     if RELAY_HEADER in request.headers:  # only the relay listener takes relayed requests
-        raise PolicyError(401, f"{RELAY_HEADER} is not accepted on this listener")
+        refuse_unauthenticated(request, f"{RELAY_HEADER} is not accepted on this listener")
     ctx = request.app[CTX]
     if request.path == IAM_TOKEN_PATH:
         # judged by its token first, then by this uid's bucket (routes/iam.py); marked
