@@ -178,3 +178,66 @@ def test_relay_audit_unwritable_is_503_not_500(job: Job) -> None:
         job.stop()
         for m in mounted:
             subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+# Replays one captured relayed request N times on one keep-alive connection (reconnecting when
+# the primary closes it), as nobody; prints the statuses seen.
+_REPLAY = hostile._DROP + r'''
+import json, socket, sys, time
+port, n, raw = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
+statuses, sock, t0 = {}, None, time.monotonic()
+for _ in range(n):
+    if time.monotonic() - t0 > 30:
+        break
+    if sock is None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(raw)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError
+            head += chunk
+        code = head.split(b" ")[1].decode()
+    except OSError:
+        code = "reset"
+    statuses[code] = statuses.get(code, 0) + 1
+    sock.close()
+    sock = None
+print(json.dumps(statuses))
+'''
+
+
+def test_replayed_relay_requests_are_refused_cheaply(job: Job) -> None:
+    """Issue 24 item 4: a relayed request seen on the network, replayed (here 300 times, by
+    uid 65534): the first use was the relay's, every replay gets 401 (429 past the bucket),
+    counted in the primary's unauthenticated summary, never one audit record each."""
+    from qproxy.proxy.relay.auth import NODE_HEADER, RELAY_HEADER, RELAY_PORT_ENV, sign_request
+
+    primary = job.primary()
+    port = int(primary.env[RELAY_PORT_ENV])
+    key = job.key_file.read_bytes()
+    sig = sign_request(key, job.job_id, 0, "GET", "/api/v1/backends", None, "node2")
+    raw = (f"GET /api/v1/backends HTTP/1.1\r\nHost: x\r\n{RELAY_HEADER}: {sig}\r\n"
+           f"{NODE_HEADER}: node2\r\n\r\n")
+    first = requests.get(f"http://127.0.0.1:{port}/api/v1/backends", timeout=60,
+                         headers={RELAY_HEADER: sig, NODE_HEADER: "node2"})
+    assert first.status_code == 200, first.text  # the relay's own use
+    before = primary.audit_log.stat().st_size
+    proc = subprocess.run([sys.executable, "-c", _REPLAY, str(port), "300", raw],
+                          capture_output=True, text=True, timeout=90)
+    statuses = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    assert primary.stop() == 0
+    recs = _records(primary)
+    summaries = [r for r in recs if r["event"] == "unauthenticated"]
+    summary_bytes = sum(len(x) + 1 for x in primary.audit_log.read_bytes().splitlines()
+                        if b'"event":"unauthenticated"' in x)
+    n = sum(statuses.values())
+    print(f"replays: {statuses}; audit: {summary_bytes} bytes of summaries, "
+          f"{primary.audit_log.stat().st_size - before} bytes in all")
+    assert n >= 100 and set(statuses) <= {"401", "429"}, statuses
+    assert sum(r["requests"] for r in summaries) == n
+    assert summary_bytes / n <= 200
+    relayed = [r for r in recs if r["event"] == "request" and r.get("via") == "relay"]
+    assert len(relayed) == 1 and relayed[0]["status"] == 200
