@@ -147,20 +147,26 @@ def start_mariadb(s: Settings) -> None:
     """mariadbd from the host's packages on a unix socket only (--skip-networking), data in
     the state dir, initialised once with mariadb-install-db (root@localhost: unix_socket)."""
     data = s.db / "data"
-    for d in (s.db, data):
+    # Its own tmpdir: a MariaDB starting (or bootstrapping) deletes every `#sql*` file in
+    # its tmpdir as a leftover, so two clusters coming up at once on the shared /tmp broke
+    # each other's mariadb-install-db ("Unknown table 'mysql.tmp_user_sys'", seen when
+    # scripts/test's lanes started two several-node clusters in the same second).
+    tmp = s.db / "tmp"
+    for d in (s.db, data, tmp):
         d.mkdir(exist_ok=True)
     shutil.chown(s.db, "mysql", "mysql")
+    shutil.chown(tmp, "mysql", "mysql")
     s.db.chmod(0o750)
     if not (data / "mysql").is_dir():
         shutil.chown(data, "mysql", "mysql")
         out = run("mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={data}",
-                  "--auth-root-authentication-method=socket", "--skip-test-db",
-                  capture_output=True, check=False)
+                  f"--tmpdir={tmp}", "--auth-root-authentication-method=socket",
+                  "--skip-test-db", capture_output=True, check=False)
         if out.returncode != 0:
             die(f"mariadb-install-db failed:\n{out.stdout}{out.stderr}")
     s.db_sock.unlink(missing_ok=True)
     daemons.spawn(s, "mariadbd", ns_cmd(s, s.ctl_ns, [
-        "mariadbd", "--no-defaults", "--user=mysql", f"--datadir={data}",
+        "mariadbd", "--no-defaults", "--user=mysql", f"--datadir={data}", f"--tmpdir={tmp}",
         f"--socket={s.db_sock}", "--skip-networking", f"--pid-file={s.db / 'mariadbd.pid'}",
         f"--log-error={s.logs / 'mariadbd.log'}", "--innodb-buffer-pool-size=256M",
         "--innodb-lock-wait-timeout=900", "--innodb-log-file-size=64M"], chroot=False), env(s))
