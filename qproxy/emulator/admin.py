@@ -63,15 +63,20 @@ async def get_status(request: web.Request) -> web.Response:
     return web.json_response(_doc(request.app[SCHEDULER].device(request.match_info["name"])))
 
 
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or the API's 400."""
+    try:
+        return await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.", 1400) from None
+
+
 async def put_status(request: web.Request) -> web.Response:
     from .routes import SCHEDULER
 
     _check_key(request)
     device = request.app[SCHEDULER].device(request.match_info["name"])
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "The request body is not valid JSON.", 1400) from None
+    body = await _json_body(request)
     status = body.get("status") if isinstance(body, dict) else None
     if status not in STATES:
         raise ApiError(400, f"'status' must be one of {', '.join(STATES)}.", 1400)
@@ -96,10 +101,7 @@ async def put_reservation(request: web.Request) -> web.Response:
 
     _check_key(request)
     device = request.app[SCHEDULER].device(request.match_info["name"])
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "The request body is not valid JSON.", 1400) from None
+    body = await _json_body(request)
     locked = body.get("locked") if isinstance(body, dict) else None
     if not isinstance(locked, bool):
         raise ApiError(400, "'locked' must be true or false.", 1400)
