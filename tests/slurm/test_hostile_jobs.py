@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,18 @@ QPU = ("--q_backend=ibm_fez", "--gres=qpu:1")
 def neighbour(qpu_cluster: Cluster) -> Cluster:
     """The same cluster, submitting as the second user."""
     return replace(qpu_cluster, user=NEIGHBOUR)
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(qpu_cluster: Cluster, neighbour: Cluster) -> Iterator[None]:
+    """A test that fails half-way leaves its victim waiting for ./go (up to 2 min) on a
+    lane and the node, which failed the next six tests of the run too (seen in CI): each
+    user's jobs are cancelled when a test ends, and gone before the next one starts."""
+    yield
+    for c in (qpu_cluster, neighbour):
+        c.as_user("scancel", "--user", c.user)
+    wait_for(lambda: not any(c.as_user("squeue", "-h", "--user", c.user).stdout.strip()
+                             for c in (qpu_cluster, neighbour)), 60, "no job of either user")
 
 
 def _wait_file(path: Path, timeout: float = 60) -> None:

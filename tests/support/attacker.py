@@ -31,6 +31,13 @@ from pathlib import Path
 LIMIT = 64 << 20  # scan: bytes copied at most
 
 
+def publish(name: str, text: str) -> None:
+    """Write ./NAME whole or not at all (temp file + rename): the test polls for it to
+    exist and then reads it, and once read it empty (seen in CI)."""
+    Path(name + ".tmp").write_text(text)
+    os.replace(name + ".tmp", name)
+
+
 def _exchange_request(apikey: str) -> bytes:
     form = f"grant_type=urn%3Aibm%3Aparams%3Aoauth%3Agrant-type%3Aapikey&apikey={apikey}"
     return (f"POST /identity/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -120,7 +127,7 @@ def hold(port: int, n: int, seconds: float) -> dict[str, object]:
             data = b""
         refused += 1 if data.startswith(b"HTTP/1.1 503") or not data else 0
         s.close()
-    Path("holding").write_text(str(len(alive)))
+    publish("holding", str(len(alive)))
     time.sleep(seconds)
     for s in alive:
         s.close()
@@ -137,7 +144,7 @@ def bind(port: int) -> dict[str, object]:
 
 
 def lookalike(job: str, seconds: float) -> None:
-    Path("lookalike.pid").write_text(str(os.getpid()))
+    publish("lookalike.pid", str(os.getpid()))
     code = f"import time; time.sleep({float(seconds)})"
     os.execv(sys.executable, [sys.executable, "-c", code, "-m", "qproxy", "serve",
                               "--job-id", job, "--backend", "ibm_fez"])
