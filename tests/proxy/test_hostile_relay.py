@@ -23,6 +23,7 @@ import requests
 
 from . import hostile
 from .conftest import Proxy
+from .test_hostile import api_error, records
 from .test_relay import Job
 
 pytestmark = [
@@ -43,17 +44,6 @@ def job(emulator: Any, tmp_path: Path) -> Iterator[Job]:
 
 def _port(p: Proxy) -> int:
     return int(p.root.rsplit(":", 1)[1])
-
-
-def _records(p: Proxy) -> list[dict[str, Any]]:
-    return [orjson.loads(x) for x in p.audit_log.read_bytes().splitlines()]
-
-
-def _api_error(r: requests.Response, status: int, text: str = "") -> None:
-    assert r.status_code == status, (r.status_code, r.text[:300])
-    body = r.json()
-    assert {"code", "message", "more_info"} <= set(body["errors"][0]) and "trace" in body
-    assert text in body["errors"][0]["message"], body
 
 
 def test_relay_unauthenticated_flood_is_summarised(job: Job) -> None:
@@ -77,7 +67,7 @@ def test_relay_unauthenticated_flood_is_summarised(job: Job) -> None:
     assert flood["statuses"].get("429", 0) > 0 and set(flood["statuses"]) <= {"401", "429"}
     assert requests.get(relay.api + "/backends", headers=h, timeout=30).ok
     assert relay.stop() == 0
-    recs = _records(relay)
+    recs = records(relay)
     summaries = [r for r in recs if r["event"] == "unauthenticated"]
     assert sum(r["requests"] for r in summaries) == sent
     assert sum(r["uids"].get(str(hostile.NOBODY), 0) for r in summaries) == sent
@@ -165,13 +155,13 @@ def test_relay_audit_unwritable_is_503_not_500(job: Job) -> None:
                 break
         print(f"relay with a full audit fs: {statuses[-5:]}")
         assert statuses[-1] == 503 and 500 not in statuses, statuses
-        _api_error(r, 503, "cannot be written")
-        _api_error(requests.get(relay.api + "/backends", timeout=10), 401)
+        api_error(r, 503, "cannot be written")
+        api_error(requests.get(relay.api + "/backends", timeout=10), 401)
         filler.unlink()
         time.sleep(1.2)
         assert requests.get(relay.api + "/backends", headers=h, timeout=30).ok
         assert relay.stop() == 0
-        events = [r["event"] for r in _records(relay)]
+        events = [r["event"] for r in records(relay)]
         assert "audit_gap" in events and events[-1] == "close"
         assert "Traceback" not in relay.output()
     finally:
@@ -229,7 +219,7 @@ def test_replayed_relay_requests_are_refused_cheaply(job: Job) -> None:
                           capture_output=True, text=True, timeout=90)
     statuses = orjson.loads(proc.stdout.strip().splitlines()[-1])
     assert primary.stop() == 0
-    recs = _records(primary)
+    recs = records(primary)
     summaries = [r for r in recs if r["event"] == "unauthenticated"]
     summary_bytes = sum(len(x) + 1 for x in primary.audit_log.read_bytes().splitlines()
                         if b'"event":"unauthenticated"' in x)
