@@ -9,12 +9,13 @@ daemon reads at start changed (the daemons must then restart).
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import sys
 from pathlib import Path
 
-from scripts.localcluster.settings import CPUS, INSTANCE, Settings
+from scripts.localcluster.settings import CPUS, INSTANCE, ONPREM_LANES, S3_BUCKET, Settings
 from scripts.localcluster.system import bindir, qproxy_bin, slurm_version
 
 
@@ -183,8 +184,21 @@ StorageLoc=slurm_acct_{s.cluster_name}
 
 
 # ---------------------------------------------------------------------------- qproxy
-def secrets_toml(key: str) -> str:
-    return f'[secrets]\nemulator = "{key}"\n'
+def s3_keys(s: Settings) -> tuple[str, str]:
+    """The S3 server's access key pair (random per state dir, kept where the server reads it:
+    s3local --credentials-file), for the on-prem upstream's secrets."""
+    path = s.s3_dir / "keys.json"
+    if not path.exists():
+        make_dirs([(s.s3_dir, 0o700)])
+        write(path, json.dumps({"access_key_id": "QPROXY" + secrets.token_hex(7).upper(),
+                                "secret_access_key": secrets.token_urlsafe(30)}), 0o600)
+    doc = json.loads(path.read_text())
+    return str(doc["access_key_id"]), str(doc["secret_access_key"])
+
+
+def secrets_toml(key: str, s3: tuple[str, str]) -> str:
+    return (f'[secrets]\nemulator = "{key}"\nonprem_s3_id = "{s3[0]}"\n'
+            f'onprem_s3_key = "{s3[1]}"\n')
 
 
 def qproxy_toml(s: Settings, node: str | None = None) -> str:
@@ -220,6 +234,19 @@ iam_url = "{s.emulator_url}"
 instance = "{INSTANCE}"
 api_key_secret = "emulator"
 
+# The on-prem system (IBM's Quantum System API, served by the same emulator at /v1): jobs'
+# params, results and logs go through presigned URLs of this S3 bucket.
+[upstreams.onprem]
+kind = "ibm-quantum-system"
+url = "{s.emulator_url}"
+iam_url = "{s.emulator_url}"
+instance = "{INSTANCE}"
+api_key_secret = "emulator"
+s3_endpoint = "{s.s3_url}"
+s3_bucket = "{S3_BUCKET}"
+s3_access_key_secret = "onprem_s3_id"
+s3_secret_key_secret = "onprem_s3_key"
+
 [resources.ibm_fez]
 upstream = "emulator"
 backend = "fake_fez"
@@ -229,6 +256,11 @@ lanes = {s.fez_lanes}
 upstream = "emulator"
 backend = "fake_torino"
 lanes = 1
+
+[resources.ibm_onprem]
+upstream = "onprem"
+backend = "fake_marrakesh"
+lanes = {ONPREM_LANES}
 """
 
 
@@ -276,7 +308,7 @@ def write_single(s: Settings, plugin: Path) -> bool:
     # `ip netns exec` mounts a fresh sysfs (the chroots get ours): no cgroup fs there.
     cgroup = s.netns is not None or not Path("/sys/fs/cgroup").is_dir()
     changed = _slurm_files(s, host, plugin, version, cgroup)
-    write(s.state / "secrets.toml", secrets_toml(key), 0o600)
+    write(s.state / "secrets.toml", secrets_toml(key, s3_keys(s)), 0o600)
     write(s.qproxy_conf, qproxy_toml(s))
     write(s.env_file, env_sh(s))
     return changed
@@ -304,7 +336,7 @@ def write_multinode(s: Settings, plugin: Path) -> bool:
         nd = s.nodes_dir / node
         make_dirs([(nd, 0o755), (nd / "run", 0o700), (nd / "audit", 0o700),
                    (nd / "spool", 0o755), (nd / "log", 0o700)])
-        write(nd / "secrets.toml", secrets_toml(key), 0o600)
+        write(nd / "secrets.toml", secrets_toml(key, s3_keys(s)), 0o600)
         write(nd / "cluster.key", cluster_key.read_text(), 0o600)
         changed |= write(nd / "qproxy.toml", qproxy_toml(s, node))
     write(s.env_file, env_sh(s))

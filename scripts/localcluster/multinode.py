@@ -19,11 +19,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from scripts.localcluster import configs, daemons
-from scripts.localcluster.settings import EMULATOR_LANES, Settings
+from scripts.localcluster.settings import Settings
 from scripts.localcluster.slurmroot import netns_exists, userspec
 from scripts.localcluster.system import (
     build_plugin,
@@ -245,11 +246,14 @@ def up(s: Settings, t0: float) -> int:
     if daemons.running(s):
         log("configuration changed or a daemon is missing: restarting")
         down(s, quiet=True, teardown_ns=False)
+    s.emu_ready.unlink(missing_ok=True)
+    s.s3_ready.unlink(missing_ok=True)
+    daemons.spawn(s, "s3", ns_cmd(s, s.ctl_ns, [
+        sys.executable, "-m", "qproxy.emulator.s3local", *s.s3_args()], chroot=False), env(s))
     daemons.spawn(s, "emulator", ns_cmd(s, s.ctl_ns, [
         str(qproxy_bin()), "emulator", "--ready-file", str(s.emu_ready),
         "--host", s.ctl_addr, "--port", str(s.emulator_port), "--api-key-file",
-        str(s.emu_keys), "--lanes", EMULATOR_LANES], chroot=False), env(s))
-    s.emu_ready.unlink(missing_ok=True)
+        str(s.emu_keys), *s.emulator_args()], chroot=False), env(s))
     # one munged; its path-named socket is reachable from every namespace
     daemons.start_munged(s, ns_cmd(s, s.ctl_ns, []))
     if s.accounting:
@@ -272,6 +276,9 @@ def up(s: Settings, t0: float) -> int:
              lambda: s.emu_ready.exists() or not daemons.pid_of(s, "emulator"), 180)
     if not daemons.pid_of(s, "emulator"):
         die(f"the emulator exited; see {s.logs}/emulator.out")
+    wait_for(s, "S3 ready file", lambda: s.s3_ready.exists() or not daemons.pid_of(s, "s3"), 60)
+    if not daemons.pid_of(s, "s3"):
+        die(f"the S3 server exited; see {s.logs}/s3.out")
     major, minor = slurm_version(s)
     log(f"up in {time.monotonic() - t0:.1f}s; Slurm {major}.{minor:02d} ({s.suite}); "
         f"{s.nodes} node(s) {', '.join(f'{n}={s.node_addr(n)}' for n in s.node_names)}; "
