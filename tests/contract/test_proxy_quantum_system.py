@@ -19,70 +19,35 @@ from tests.proxy.conftest import Proxy, read_env_file, start_proxy
 RESOURCE = "ibm_onprem"
 
 
-def proxy_for(servers: Servers, d: Path, job_id: str, device: str = BACKEND,
-              **kw: Any) -> Proxy:
-    upstream = "\n".join([
+def upstream_table(servers: Servers) -> str:
+    """The [upstreams.emu] table's body for the Quantum System kind (tests.proxy.conftest)."""
+    return "\n".join([
         'kind = "ibm-quantum-system"', f'url = "{servers.emu.url}"',
         f's3_endpoint = "{servers.s3.endpoint}"', f's3_bucket = "{servers.s3.bucket}"',
         's3_access_key_secret = "s3id"', 's3_secret_key_secret = "s3key"',
         "retry_max_seconds = 0.5"])
-    return start_proxy(servers.emu, d, job_id, backend=RESOURCE, upstream=upstream,
+
+
+def proxy_for(servers: Servers, d: Path, job_id: str, device: str = BACKEND,
+              **kw: Any) -> Proxy:
+    return start_proxy(servers.emu, d, job_id, backend=RESOURCE, upstream=upstream_table(servers),
                        secrets={"s3id": servers.s3.access_key_id,
                                 "s3key": servers.s3.secret_access_key},
                        resources={RESOURCE: (device, 2)}, **kw)
 
 
-JOB = r'''
-import json, sys
-from qiskit import QuantumCircuit
-from qiskit.quantum_info import SparsePauliOp
-from qiskit.transpiler import generate_preset_pass_manager
-from qiskit_ibm_runtime import Batch, EstimatorV2, QiskitRuntimeService, SamplerV2, Session
-
-out = {}
-service = QiskitRuntimeService()
-out["backends"] = [b.name for b in service.backends()]
-backend = service.backend("ibm_onprem")
-qc = QuantumCircuit(2); qc.h(0); qc.cx(0, 1); qc.measure_all()
-isa = generate_preset_pass_manager(optimization_level=1, backend=backend,
-                                   seed_transpiler=1).run(qc)
-job = SamplerV2(mode=backend).run([isa], shots=1000)
-counts = job.result()[0].data.meas.get_counts()
-out["bell"] = (counts.get("00", 0) + counts.get("11", 0)) / 1000
-out["usage"] = job.usage()
-out["logs"] = isinstance(job.logs(), str)
-job.update_tags(["mine"])
-out["tags"] = service.job(job.job_id()).tags
-est = isa.remove_final_measurements(inplace=False)
-obs = SparsePauliOp("ZZ").apply_layout(est.layout)
-out["zz"] = float(EstimatorV2(mode=backend).run([(est, obs)]).result()[0].data.evs)
-with Session(backend=backend) as session:
-    r = SamplerV2(mode=session).run([isa], shots=100).result()
-    out["session_shots"] = sum(r[0].data.meas.get_counts().values())
-with Batch(backend=backend) as batch:
-    jobs = [SamplerV2(mode=batch).run([isa], shots=50) for _ in range(2)]
-    out["batch_shots"] = [sum(j.result()[0].data.meas.get_counts().values()) for j in jobs]
-long = SamplerV2(mode=backend).run([isa] * 8, shots=100000)
-long.cancel()
-out["cancelled"] = str(long.status())
-out["listed"] = sorted(j.job_id() for j in service.jobs(limit=50))
-print(json.dumps(out))
-'''
+JOB = Path(__file__).parents[1] / "support" / "runtime_job.py"
 
 
 def test_qiskit_runtime_job_through_the_proxy(servers: Servers, tmp_path: Path) -> None:
     p = proxy_for(servers, tmp_path / "proxy", "5101")
     env_text = p.env_file.read_text()
     env = {**read_env_file(p.env_file), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-c", JOB], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(JOB), RESOURCE], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["backends"] == [RESOURCE]
-    assert out["bell"] > 0.85 and out["zz"] > 0.7
-    assert out["usage"] > 0 and out["logs"] and out["tags"] == ["mine"]
-    assert out["session_shots"] == 100 and out["batch_shots"] == [50, 50]
-    assert out["cancelled"] in ("CANCELLED", "DONE")
+    check_runtime_job(out, RESOURCE)
     ledger = [json.loads(line) for line in p.ledger.read_text().splitlines()]
     ids = {e["id"] for e in ledger if e["kind"] == "job"}
     assert len(ids) == 6 and set(out["listed"]) == ids
@@ -98,6 +63,15 @@ def test_qiskit_runtime_job_through_the_proxy(servers: Servers, tmp_path: Path) 
         assert secret not in seen, secret
     for job_id in ids:  # the bucket's object names stay the proxy's
         assert f"input_{job_id}" not in seen and f"results_{job_id}" not in seen
+
+
+def check_runtime_job(out: dict[str, Any], resource: str) -> None:
+    """What tests/support/runtime_job.py printed: every flow gave the right answer."""
+    assert out["backends"] == [resource]
+    assert out["bell"] > 0.85 and out["zz"] > 0.7
+    assert out["usage"] > 0 and out["logs"] and out["tags"] == ["mine"]
+    assert out["session_shots"] == 100 and out["batch_shots"] == [50, 50]
+    assert out["cancelled"] in ("CANCELLED", "DONE")
 
 
 def system_jobs(servers: Servers) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -204,3 +205,24 @@ async def test_a_wrong_s3_key_is_refused_by_s3(servers: Servers) -> None:
             assert secret not in str(err.value)
     finally:
         await up.close()
+
+
+def test_doctor_compares_slurm_lanes_with_the_systems(servers: Servers, tmp_path: Path) -> None:
+    """``qproxy doctor``: more Slurm lanes than the system gives HPC work is reported."""
+    from qproxy import config as cfg
+    from qproxy.admin.doctor import check_lanes
+    from tests.contract.test_proxy_quantum_system import upstream_table
+    from tests.proxy.conftest import write_config
+
+    conf = write_config(servers.emu, tmp_path, resources={"ibm_onprem": (BACKEND, LANES + 1)},
+                        upstream=upstream_table(servers), secrets=s3_secrets(servers))
+    [(ok, line)] = check_lanes(cfg.load(conf))
+    assert not ok and f"lanes = {LANES + 1}" in line and f"HPC work {LANES}" in line
+    conf = write_config(servers.emu, tmp_path, resources={"ibm_onprem": (BACKEND, LANES)},
+                        upstream=upstream_table(servers), secrets=s3_secrets(servers))
+    assert check_lanes(cfg.load(conf)) == [
+        (True, f"resource ibm_onprem: {LANES} of the device's {LANES} HPC lanes")]
+
+
+def s3_secrets(servers: Servers) -> dict[str, str]:
+    return {"s3id": servers.s3.access_key_id, "s3key": servers.s3.secret_access_key}
