@@ -74,7 +74,6 @@ log = logging.getLogger("qproxy.upstream.quantum_system")
 
 API = "/v1"
 MORE_INFO = "https://quantum.cloud.ibm.com/docs/api/quantum-system"
-PROGRAMS = frozenset({"sampler", "estimator", "executor"})
 STORAGE = ("input", "results", "logs")
 # the system's codes (strings on the wire)
 CODE_DUPLICATE = "1231"
@@ -343,10 +342,8 @@ class QuantumSystemUpstream:
     async def submit(self, sub: Submission) -> Reply:
         f = sub.fields
         program = f.get("program_id")
-        if program not in PROGRAMS:
-            return runtime_error(404, f"Program {str(program)[:64]!r} is not available on "
-                                 f"this system (available: {', '.join(sorted(PROGRAMS))})",
-                                 1404)
+        if not isinstance(program, str) or not program:
+            return runtime_error(400, "'program_id' is required.", 1400)
         backend = f.get("backend")
         if not isinstance(backend, str) or not backend:
             return runtime_error(400, "'backend' is required.", 1400)
@@ -364,7 +361,7 @@ class QuantumSystemUpstream:
         cost = f.get("cost")
         deadline = sub.deadline if sub.deadline is not None else time.time() + 3600
         job = JobRecord(
-            id=str(uuid.uuid4()), backend=backend, program_id=str(program),
+            id=str(uuid.uuid4()), backend=backend, program_id=program,
             cost=int(cost) if isinstance(cost, int) and cost > 0 else max(
                 1, math.floor(deadline - time.time())),
             deadline=deadline, session_id=sid if isinstance(sid, str) else None,

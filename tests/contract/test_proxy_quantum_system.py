@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.contract.conftest import BACKEND, Servers
 from tests.proxy.conftest import Proxy, read_env_file, start_proxy
+from tests.support import clientvenvs
 
 RESOURCE = "ibm_onprem"
 
@@ -39,21 +41,25 @@ def proxy_for(servers: Servers, d: Path, job_id: str, device: str = BACKEND,
 JOB = Path(__file__).parents[1] / "support" / "runtime_job.py"
 
 
-def test_qiskit_runtime_job_through_the_proxy(servers: Servers, tmp_path: Path) -> None:
-    p = proxy_for(servers, tmp_path / "proxy", "5101")
+@pytest.mark.parametrize("version", clientvenvs.SUPPORTED_RUNTIME)
+def test_qiskit_runtime_job_through_the_proxy(servers: Servers, tmp_path: Path,
+                                              version: str) -> None:
+    python = clientvenvs.runtime(version)
+    p = proxy_for(servers, tmp_path / "proxy", f"51{clientvenvs.SUPPORTED_RUNTIME.index(version)}")
     env_text = p.env_file.read_text()
     env = {**read_env_file(p.env_file), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, str(JOB), RESOURCE], capture_output=True, text=True,
+    r = subprocess.run([str(python), str(JOB), RESOURCE], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     check_runtime_job(out, RESOURCE)
     ledger = [json.loads(line) for line in p.ledger.read_text().splitlines()]
     ids = {e["id"] for e in ledger if e["kind"] == "job"}
-    assert len(ids) == 6 and set(out["listed"]) == ids
+    expected = 6 + 2 * ("executor_bell" in out)  # 0.50+: the executor primitives' two
+    assert len(ids) == expected and set(out["listed"]) == ids
     assert p.stop() == 0
     summary = json.loads(p.summary.read_text())
-    assert summary["upstream_jobs"] == 6 and summary["quantum_seconds"] > 0
+    assert summary["upstream_jobs"] == expected and summary["quantum_seconds"] > 0
     # after the shutdown: nothing in the bucket, nothing held by the system
     assert not [k for k in servers.s3.keys() if any(i in k for i in ids)]
     assert not ids & {j["id"] for j in system_jobs(servers)}
@@ -72,6 +78,8 @@ def check_runtime_job(out: dict[str, Any], resource: str) -> None:
     assert out["usage"] > 0 and out["logs"] and out["tags"] == ["mine"]
     assert out["session_shots"] == 100 and out["batch_shots"] == [50, 50]
     assert out["cancelled"] in ("CANCELLED", "DONE")
+    if "executor_bell" in out:  # 0.50+
+        assert out["executor_bell"] > 0.85 and out["executor_zz"] > 0.7
 
 
 def system_jobs(servers: Servers) -> list[dict[str, Any]]:

@@ -48,6 +48,15 @@ with Session(backend=backend) as session:
 with Batch(backend=backend) as batch:
     jobs = [SamplerV2(mode=batch).run([isa], shots=50) for _ in range(2)]
     out["batch_shots"] = [sum(j.result()[0].data.meas.get_counts().values()) for j in jobs]
+try:  # 0.50+: the executor-based primitives (program "executor")
+    from qiskit_ibm_runtime.executor_estimator import Estimator
+    from qiskit_ibm_runtime.executor_sampler import Sampler
+except ImportError:
+    pass
+else:
+    c = Sampler(mode=backend).run([isa], shots=500).result()[0].data.meas.get_counts()
+    out["executor_bell"] = (c.get("00", 0) + c.get("11", 0)) / 500
+    out["executor_zz"] = float(Estimator(mode=backend).run([(est, obs)]).result()[0].data.evs)
 long = SamplerV2(mode=backend).run([isa] * 8, shots=100000)
 long.cancel()
 out["cancelled"] = str(long.status())
