@@ -88,7 +88,9 @@ async def _proxied_submit(t: Target, body: dict[str, Any]) -> str:
 async def _proxied_wait(t: Target, job_id: str) -> None:
     assert t.session is not None
     while True:
-        async with t.session.get(f"{t.root}/api/v1/jobs/{job_id}", headers=t.headers) as r:
+        # as qiskit-ibm-runtime polls (job_get's default): the status without the params
+        async with t.session.get(f"{t.root}/api/v1/jobs/{job_id}?exclude_params=true",
+                                 headers=t.headers) as r:
             doc = await r.json()
         if doc["status"] in FINAL:
             if doc["status"] != "Completed":
