@@ -43,22 +43,24 @@ def system_jobs(cluster: Cluster) -> list[dict[str, Any]]:
     return list(r.json()["jobs"])
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1500)
 def test_onprem_job(qpu_cluster: Cluster) -> None:
-    import sys
-
     qrmi = clientvenvs.qrmi()
+    # every supported qiskit-ibm-runtime (root-built venvs the job user can run: scripts/test
+    # builds them before the lanes), then QRMI's client
+    runs = "".join(
+        f"{clientvenvs.runtime(v)} {RUNTIME_JOB} {RESOURCE} > rt-{v}.json 2> rt-{v}.err\n"
+        f"echo rc=$? > rt-{v}.rc\n" for v in clientvenvs.SUPPORTED_RUNTIME)
     job = qpu_cluster.sbatch(
-        f"python3 {TOOL} env-dump env.json\n"
-        f"{sys.executable} {RUNTIME_JOB} {RESOURCE} > runtime.json 2> runtime.err\n"
-        "echo rc=$? > runtime.rc\n"
+        f"python3 {TOOL} env-dump env.json\n{runs}"
         f"mkdir -p scratch && {qrmi} {QRMI_JOB} $PWD/scratch > qrmi.json 2> qrmi.err\n"
         "echo rc=$? > qrmi.rc\n",
-        f"--q_backend={RESOURCE}", f"-L{RESOURCE}:1", "--time=10", timeout=900)
+        f"--q_backend={RESOURCE}", f"-L{RESOURCE}:1", "--time=15", timeout=1200)
     assert job.state == "COMPLETED", job.output()
-    assert job.output("runtime.rc").strip() == "rc=0", job.output("runtime.err")[-3000:]
-    check_runtime_job(json.loads(job.output("runtime.json").strip().splitlines()[-1]),
-                      RESOURCE)
+    for v in clientvenvs.SUPPORTED_RUNTIME:
+        assert job.output(f"rt-{v}.rc").strip() == "rc=0", (v, job.output(f"rt-{v}.err")[-3000:])
+        check_runtime_job(json.loads(job.output(f"rt-{v}.json").strip().splitlines()[-1]),
+                          RESOURCE)
     assert job.output("qrmi.rc").strip() == "rc=0", job.output("qrmi.err")[-3000:]
     out = json.loads(job.output("qrmi.json").strip().splitlines()[-1])
     assert out["resources"] == [RESOURCE] and out["released"]
@@ -69,7 +71,7 @@ def test_onprem_job(qpu_cluster: Cluster) -> None:
     store = bucket()
     ledger_ids = {r["upstream_job"] for r in audit_records(qpu_cluster, job.id)
                   if isinstance(r.get("upstream_job"), str)}
-    assert len(ledger_ids) >= 7  # runtime_job's six, QRMI's own
+    assert len(ledger_ids) >= 3 * 6 + 1  # runtime_job's six (eight from 0.50), QRMI's
     assert not [k for k in store.keys() if any(i in k for i in ledger_ids)]
     assert not ledger_ids & {j["id"] for j in system_jobs(qpu_cluster)}
     usage = qpu_cluster.usage(job.id)
@@ -78,7 +80,8 @@ def test_onprem_job(qpu_cluster: Cluster) -> None:
     # nothing of the system's or the store's credentials, URLs or object names reached the
     # job, its output, the proxy's log or the audit log
     seen = "\n".join([(job.workdir / "env.json").read_text(), job.output(),
-                      job.output("runtime.json"), job.output("runtime.err"),
+                      *(job.output(f"rt-{v}.{ext}") for v in clientvenvs.SUPPORTED_RUNTIME
+                        for ext in ("json", "err")),
                       job.output("qrmi.json"), job.output("qrmi.err"),
                       audit_text(qpu_cluster, job.id), proxy_log(qpu_cluster, job.id)])
     for secret in (qpu_cluster.vendor_secret(), store.access_key_id, store.secret_access_key,
