@@ -64,7 +64,7 @@ def kernel_hierarchies(text: str) -> dict[tuple[str, ...], str]:
     """{controllers: this process's cgroup} of the v1 controller hierarchies in a
     /proc/PID/cgroup text, plus ("cgroup2",) for the unified one (named v1 hierarchies such
     as name=systemd left out: nothing of ours uses them)."""
-    found = {}
+    found: dict[tuple[str, ...], str] = {}
     for line in text.splitlines():
         hid, _, rest = line.partition(":")
         ctrls, _, path = rest.partition(":")
