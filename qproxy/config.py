@@ -125,6 +125,12 @@ class ProxySettings:
     spares: int = field(default=1, metadata=_NOT_NEGATIVE)
     # A spare exits after this long without a claim (seconds).
     spare_idle_seconds: float = field(default=600.0, metadata=_POSITIVE)
+    # The cgroup every proxy and spare enters at the root of each cgroup hierarchy before it
+    # runs, so none lives in the cgroup of the job whose prolog started it
+    # (qproxy/node/cgroup.py); "" leaves them where the prolog runs.
+    cgroup: str = field(default="qproxy", metadata=_rule(
+        "a cgroup name (letters, digits, '_', '-', '.'; not starting with '.') or empty",
+        lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", v) is not None))
     # The job's proxy listens on the first free port of this range on ``host`` that the
     # services database does not name. Privileged ports only: when a proxy dies, no user
     # can bind its port and answer the job's requests (qproxy/node/ports.py).

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from scripts.localcluster import configs, daemons
+from scripts.localcluster import cgroups, configs, daemons
 from scripts.localcluster.settings import Settings
 from scripts.localcluster.slurmroot import netns_exists, userspec
 from scripts.localcluster.system import (
@@ -141,6 +141,7 @@ def netns_down(s: Settings) -> None:
         run("ip", "netns", "delete", ns, check=False)
     if s.chroot:
         slurmroot(s, "umount", s.suite, "--keep-netns", check=False)
+    cgroups.teardown(s)
 
 
 # ---------------------------------------------------------------------------- accounting
@@ -236,9 +237,12 @@ def up(s: Settings, t0: float) -> int:
     ensure_users(s)
     if s.chroot:
         chroot_binds(s)
+    in_cgroups = cgroups.setup(s)
+    if in_cgroups and s.chroot:
+        cgroups.bind_into(s, chroot_root(s))
     netns_up(s)
     plugin, changed = build_plugin(s)
-    changed = configs.write_multinode(s, plugin) or changed
+    changed = configs.write_multinode(s, plugin, in_cgroups) or changed
     if healthy(s) and not changed:
         log(f"already up ({time.monotonic() - t0:.1f}s)")
         print_env(s)

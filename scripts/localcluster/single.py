@@ -10,11 +10,12 @@ import subprocess
 import sys
 import time
 
-from scripts.localcluster import configs, daemons
+from scripts.localcluster import cgroups, configs, daemons
 from scripts.localcluster.settings import EMULATOR_DEFAULT_PORT, Settings
 from scripts.localcluster.system import (
     build_plugin,
     chroot_binds,
+    chroot_root,
     die,
     ensure_packages,
     ensure_qproxy,
@@ -46,10 +47,11 @@ def setup_namespace(s: Settings) -> None:
 
 def teardown(s: Settings) -> None:
     """Stop what is left in the netns, unmount everything below the chroot and delete the
-    netns (`slurmroot umount`)."""
+    netns (`slurmroot umount`); kill what is left in the cluster's cgroups and remove them."""
     if s.netns is not None:
         daemons.stop_namespace_processes([s.netns])
         slurmroot(s, "umount", s.suite, check=False)
+    cgroups.teardown(s)
 
 
 def start_emulator(s: Settings) -> None:
@@ -104,8 +106,11 @@ def up(s: Settings, t0: float) -> int:
     s.state.mkdir(parents=True, exist_ok=True)
     ensure_users(s)
     setup_namespace(s)
+    in_cgroups = cgroups.setup(s)
+    if in_cgroups and s.chroot:
+        cgroups.bind_into(s, chroot_root(s))
     plugin, changed = build_plugin(s)
-    changed = configs.write_single(s, plugin) or changed
+    changed = configs.write_single(s, plugin, in_cgroups) or changed
     state = node_state(s) if daemons.running(s).get("slurmctld") else ""
     if any(word in state for word in ("drain", "down", "fail")):
         log(f"node is {state}: resuming it")
