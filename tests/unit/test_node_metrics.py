@@ -95,3 +95,25 @@ def test_unbooked_usage_is_counted_once(tmp_path: Path) -> None:
     job.write_record(ProxyRecord(job_id="23", pid=999999, resource="ibm_fez", lanes=1))
     epilog.finish(conf, "23", "epilog")
     assert _values(conf, "qproxy_usage_unbooked_total") == want
+
+
+def test_usage_names_the_prologs_account_without_sacct(tmp_path: Path,
+                                                        capsys: object) -> None:
+    """Issue 22's last point, checked end to end on files: the prolog's record carries the
+    job's Slurm account, a real epilog books it into usage.jsonl, and `qproxy usage` names it
+    with no sacct (a cluster without slurmdbd); only a job Slurm gave no account (no
+    slurmdbd and no --account: squeue --json says "") stays "?"."""
+    from qproxy.admin import usage as usage_cli
+    from tests.unit.test_usagelog import _config as usage_config
+
+    conf = usage_config(tmp_path)
+    for job_id, account in (("31", "physics"), ("32", "")):
+        job = JobState.of(conf, job_id)
+        job.create()
+        job.write_record(ProxyRecord(job_id=job_id, pid=999999, resource="ibm_fez", lanes=1,
+                                     account=account, started=time.time() - 60))
+        epilog.finish(conf, job_id, "epilog")
+    assert usage_cli.main([str(conf.audit_dir), "--no-sacct", "--json", "--by",
+                           "account"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
+    assert {r["job_id"]: r["account"] for r in doc["runs"]} == {"31": "physics", "32": "?"}
