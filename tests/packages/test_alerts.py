@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.debroot import REPO
+from tests.packages.debroot import REPO
 
 pytestmark = pytest.mark.slow
 RULES = REPO / "conf" / "prometheus" / "qproxy-alerts.yml"

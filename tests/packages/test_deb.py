@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.debroot import Root, build, chroot_of, ensure_build_tools, overlay_root
+from tests.packages.debroot import Root, build, chroot_of, ensure_build_tools, overlay_root
 
 pytestmark = pytest.mark.slow
 

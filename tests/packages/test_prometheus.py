@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.packaging.debroot import REPO
+from tests.packages.debroot import REPO
 from tests.proxy.conftest import Proxy, read_env_file, write_config
 from tests.proxy.test_e2e import _submit_raw
 
@@ -253,8 +253,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 def draw(prom: str, panels: list[tuple[str, str]], since: float, path: Path) -> None:
     """The panels as small multiples, from query_range over the test's run, drawn by
-    matplotlib (Agg) in a child process: in pytest's process tests/ is on sys.path, and
-    tests/packaging would shadow PyPI's `packaging`, which matplotlib imports."""
+    matplotlib (Agg) in a child process (it stays out of pytest's: only this optional
+    drawing needs it)."""
     end = time.time()
     data: dict[str, list[tuple[str, list[list[float]]]]] = {}
     for title, expr in panels:
@@ -286,7 +286,7 @@ for ax, (title, series) in zip(axes, data.items()):
     ax.legend(fontsize=6, loc="upper left")
 for ax in axes[len(data):]:
     ax.set_visible(False)
-fig.suptitle("conf/grafana/qproxy.json's panels from tests/packaging/test_prometheus.py's "
+fig.suptitle("conf/grafana/qproxy.json's panels from tests/packages/test_prometheus.py's "
              "Prometheus (x: seconds into the test)", fontsize=10)
 fig.savefig(sys.argv[2], dpi=72)
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.debroot import REPO, chroot_of, ensure_build_tools
+from tests.packages.debroot import REPO, chroot_of, ensure_build_tools
 
 pytestmark = pytest.mark.slow
 
