@@ -19,7 +19,7 @@ def _fails_clearly(cluster: Cluster, message: str, *args: str) -> None:
 def test_unknown_backend(cluster: Cluster) -> None:
     _fails_clearly(
         cluster,
-        "unknown QPU backend 'ibm_nowhere' (this cluster has: ibm_fez, ibm_torino)",
+        "unknown QPU backend 'ibm_nowhere' (this cluster has: ibm_fez, ibm_onprem, ibm_torino)",
         "--q_backend=ibm_nowhere",
         "--gres=qpu:1",
     )

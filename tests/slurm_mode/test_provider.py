@@ -67,4 +67,4 @@ def test_no_backend_named_is_one_line(qpu_cluster: Cluster) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last == ("qiskit_slurm_provider.facade.ProviderError: which QPU? pass "
                     "backend='NAME' or set QPU_BACKEND=NAME (this centre's QPUs: ibm_fez, "
-                    "ibm_torino)"), proc.stderr
+                    "ibm_onprem, ibm_torino)"), proc.stderr
