@@ -74,7 +74,8 @@ def test_onprem_lanes_across_nodes(multinode_cluster: MultiCluster) -> None:
     try:
         job = c.sbatch(f"cat > probe.py <<'EOF'\n{PROBE}\nEOF\n"
                        f"srun -N 3 -n {TASKS} python probe.py\n",
-                       *getattr(c, "qpu_args", []), "-N", "3", "-L", f"ibm_onprem:{LANES}",
+                       *getattr(c, "qpu_args", []), "-N", "3", "-n", str(TASKS),
+                       "-L", f"ibm_onprem:{LANES}",
                        "--q_backend=ibm_onprem", wait=False)
         deadline = time.monotonic() + 300
         while job.output().count("submitted") < LANES:
