@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,23 @@ def upstream_table(servers: Servers) -> str:
         "retry_max_seconds = 0.5"])
 
 
+@pytest.fixture
+def proxies(servers: Servers, tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    """Start Quantum-System-kind proxies; any still running at the end is killed (a failed
+    assertion must not leave one behind)."""
+    started: list[Proxy] = []
+
+    def make(name: str, job_id: str, device: str = BACKEND, **kw: Any) -> Proxy:
+        started.append(proxy_for(servers, tmp_path / name, job_id, device, **kw))
+        return started[-1]
+
+    yield make
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
 def proxy_for(servers: Servers, d: Path, job_id: str, device: str = BACKEND,
               **kw: Any) -> Proxy:
     return start_proxy(servers.emu, d, job_id, backend=RESOURCE, upstream=upstream_table(servers),
@@ -43,9 +61,10 @@ JOB = Path(__file__).parents[1] / "support" / "runtime_job.py"
 
 @pytest.mark.parametrize("version", clientvenvs.SUPPORTED_RUNTIME)
 def test_qiskit_runtime_job_through_the_proxy(servers: Servers, tmp_path: Path,
+                                              proxies: Callable[..., Proxy],
                                               version: str) -> None:
     python = clientvenvs.runtime(version)
-    p = proxy_for(servers, tmp_path / "proxy", f"51{clientvenvs.SUPPORTED_RUNTIME.index(version)}")
+    p = proxies("proxy", f"51{clientvenvs.SUPPORTED_RUNTIME.index(version)}")
     env_text = p.env_file.read_text()
     env = {**read_env_file(p.env_file), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([str(python), str(JOB), RESOURCE], capture_output=True, text=True,
@@ -91,7 +110,7 @@ def system_jobs(servers: Servers) -> list[dict[str, Any]]:
     return list(r.json()["jobs"])
 
 
-def test_a_busy_system_shows_queued(servers: Servers, tmp_path: Path) -> None:
+def test_a_busy_system_shows_queued(servers: Servers, proxies: Callable[..., Proxy]) -> None:
     """The system's 2 lanes held by another proxy's long jobs: this job's submission is
     Queued with the reason (the system never holds more than its lanes), and runs once a
     lane is free."""
@@ -99,8 +118,8 @@ def test_a_busy_system_shows_queued(servers: Servers, tmp_path: Path) -> None:
 
     from tests.support.emulator import LONG_JOB_BACKEND, long_sampler_params
 
-    blocker = proxy_for(servers, tmp_path / "blocker", "5201", LONG_JOB_BACKEND)
-    victim = proxy_for(servers, tmp_path / "victim", "5202", LONG_JOB_BACKEND, lanes=1)
+    blocker = proxies("blocker", "5201", LONG_JOB_BACKEND)
+    victim = proxies("victim", "5202", LONG_JOB_BACKEND, lanes=1)
     hb, hv = blocker.bearer(), victim.bearer()
     long = {"program_id": "sampler", "backend": RESOURCE, "params": long_sampler_params()}
     held = [requests.post(blocker.api + "/jobs", json=long, headers=hb, timeout=60).json()["id"]
