@@ -29,7 +29,7 @@ def _budget(tmp_path: Path, node: int, user: int, **kw: Any) -> NodeBudget:
 
 
 def _log(tmp_path: Path, name: str, user: str, budget: NodeBudget | None = None,
-         chunk: int = auditbudget.CHUNK, **kw: Any) -> AuditLog:
+         chunk: int | None = None, **kw: Any) -> AuditLog:
     path = tmp_path / "audit" / f"job-{name}.jsonl"
     share = Share(budget, user, path, chunk) if budget is not None else None
     log = AuditLog(path, key=KEY, share=share, job_id=name, user=user, **kw)
