@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ class NodeBudget:
     def ledger_path(self) -> Path:
         return self.dir / "ledger.json"
 
-    def _lock(self) -> Any:
+    def _lock(self) -> AbstractContextManager[None]:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return exclusive_lock(self.dir / "ledger.lock")
 

@@ -9,7 +9,6 @@ every job on the node got 503. Every loop is bounded by count and by time."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -110,6 +110,10 @@ def test_the_ledger_is_touched_once_per_chunk(tmp_path: Path, monkeypatch: Any) 
         log.record("request", status=200, path=f"/api/v1/jobs/{i}" + "x" * 200)
     assert len(grants) <= log.size // (64 * 1024) + 1, (len(grants), log.size)
     log.close()
+    # a chunk is at most 1/32 of the smallest limit (and at least 4 KiB)
+    assert Share(_budget(tmp_path, 0, 1 << 20), "a", log.path).chunk == 32 * 1024
+    assert Share(_budget(tmp_path, 40_000, 0), "a", log.path).chunk == 4096
+    assert Share(_budget(tmp_path, 1 << 40, 0), "a", log.path).chunk == auditbudget.CHUNK
 
 
 def _grab(args: tuple[str, str, str]) -> int:
