@@ -160,6 +160,11 @@ def test_ledger_rebuilt_from_audit_dir(tmp_path: Path) -> None:
     sizes = {p.name: p.stat().st_size for p in (tmp_path / "audit").iterdir()}
     assert users == {"alice": sizes["job-1.jsonl"] + sizes["job-3.jsonl"],
                      "bob": sizes["job-2.jsonl"], "": 30}
+    conf = tmp_path / "q.toml"
+    conf.write_text(f'[paths]\nstate_dir = "{tmp_path}/state"\naudit_dir = "{tmp_path}/audit"\n')
+    out = subprocess.run([sys.executable, "-m", "qproxy", "audit", "space", "--config", str(conf),
+                          "--rescan"], capture_output=True, text=True, check=True).stdout
+    assert f"  bob: {sizes['job-2.jsonl']} of 1073741824" in out, out
 
 
 def test_archived_logs_and_dead_writers_free_space(tmp_path: Path) -> None:
