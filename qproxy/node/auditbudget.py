@@ -168,13 +168,10 @@ class NodeBudget:
                     and self.clock() - float(led.get("scanned", 0)) >= RESCAN_SECONDS):
                 led = self._scan(led["writers"])
                 room = self.room(led, user)
-            if force:
-                give = max(need, min(want, int(room)) if room > 0 else need)
-            elif room < need:
-                self._save(led)
+            if not force and room < need:
+                self._save(led)  # a rescan's result
                 return 0
-            else:
-                give = int(min(want, room))
+            give = int(max(need, min(want, room)))
             led["users"][user] = led["users"].get(user, 0) + give
             led["writers"][_writer_id(path)] = {
                 "user": user, "path": str(path), "end": size + give}
