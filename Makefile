@@ -2,13 +2,21 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: install test test-unit demo bench lint plugin clean
+.PHONY: install test test-unit demo bench lint plugin deb clean
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
 
 plugin:
 	$(MAKE) -C spank_hooks
+
+# Debian packages into DEB_OUT, out of tree and reproducibly (packaging/deb/build): qproxy
+# (all) and qproxy-spank-slurm-X.Y for each directory of SPANK_INCLUDES holding a Slurm
+# release's slurm/spank.h, e.g. SPANK_INCLUDES=/var/lib/qproxy/chroots/trixie/usr/include
+DEB_OUT ?= build/deb
+SPANK_INCLUDES ?= /usr/include
+deb:
+	packaging/deb/build $(DEB_OUT) $(SPANK_INCLUDES)
 
 # Local single-node Slurm + emulator, then the three user flows in examples/ (needs root).
 demo: install

@@ -202,6 +202,33 @@ def section_load(work: Path, quick: bool) -> list[dict[str, Any]]:
     return load_bench.run(work, quick)
 
 
+def section_quantum_system(work: Path, quick: bool) -> list[dict[str, Any]]:
+    from bench import quantum_system_bench as qb
+    from bench import requests_bench as rb
+    from qproxy.emulator import s3local
+    from qproxy.upstream.s3 import ObjectStore
+
+    with s3local.running(work / "s3") as s3, common.emulator(
+            work, "--backends", "fake_fez", "--lanes", "2", "--diagnostics",
+            "--api", "both") as emu:
+        cfg = qb.write_config(work, emu, s3)
+        with common.proxy(cfg, work) as px:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            store = ObjectStore(s3.endpoint, s3.bucket, s3.region, s3.access_key_id,
+                                s3.secret_access_key)
+            direct = qb.Direct(emu.url, emu.api_key, emu.instance, store)
+            proxied = loop.run_until_complete(
+                rb.Target(px.url, px.token, px.env["QISKIT_IBM_INSTANCE"]).__aenter__())
+            try:
+                return qb.run(direct, proxied, px.proc.pid, bell_params(), "fake_fez",
+                              "ibm_fez", 3 if quick else 7)
+            finally:
+                loop.run_until_complete(direct.close())
+                loop.run_until_complete(proxied.__aexit__())
+                loop.close()
+
+
 SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "1": section_requests,  # also 2
     "3": section_e2e,
@@ -212,6 +239,7 @@ SECTIONS: dict[str, Callable[[Path, bool], list[dict[str, Any]]]] = {
     "8": section_slurm_mode,  # issue 6: primitive calls as their own Slurm jobs
     "9": section_hostile,  # a hostile neighbour: audit bytes, peak RSS, victim p99
     "10": section_load,  # a node under load: 64 and 256 QPU jobs at once, 4 lanes
+    "11": section_quantum_system,  # issue 25: the on-prem kind vs its API called directly
 }
 
 

@@ -78,10 +78,6 @@ def _is_upstream_url(value: str) -> bool:
     return parts.scheme == "https" or _is_loopback_host(parts.hostname or "")
 
 
-# The vendor APIs an upstream may speak ([upstreams.NAME] kind). Owned here so that the
-# config needs nothing above it; qproxy.upstream.KINDS maps each to its client class (a unit
-# test keeps the two equal).
-UPSTREAM_KINDS: frozenset[str] = frozenset({"ibm-runtime"})
 
 
 def port_range(value: str) -> tuple[int, int] | None:
@@ -129,6 +125,12 @@ class ProxySettings:
     spares: int = field(default=1, metadata=_NOT_NEGATIVE)
     # A spare exits after this long without a claim (seconds).
     spare_idle_seconds: float = field(default=600.0, metadata=_POSITIVE)
+    # The cgroup every proxy and spare enters at the root of each cgroup hierarchy before it
+    # runs, so none lives in the cgroup of the job whose prolog started it
+    # (qproxy/node/cgroup.py); "" leaves them where the prolog runs.
+    cgroup: str = field(default="qproxy", metadata=_rule(
+        "a cgroup name (letters, digits, '_', '-', '.'; not starting with '.') or empty",
+        lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", v) is not None))
     # The job's proxy listens on the first free port of this range on ``host`` that the
     # services database does not name. Privileged ports only: when a proxy dies, no user
     # can bind its port and answer the job's requests (qproxy/node/ports.py).
@@ -182,10 +184,20 @@ class ProxySettings:
     audit_repeat_seconds: float = field(default=10.0, metadata=_NOT_NEGATIVE)
 
 
-@dataclass(frozen=True)
+# The vendor APIs an upstream may speak; UPSTREAM_KINDS (after the settings classes) gives
+# each one its settings table.
+_UPSTREAM_KIND_NAMES = ("ibm-quantum-system", "ibm-runtime")
+
+
+@dataclass(frozen=True, kw_only=True)
 class UpstreamSettings:
+    """What every kind of upstream has: an API base, IBM Cloud IAM for its token, the
+    instance CRN and the secret holding the key. Each kind's table adds its own fields (a
+    subclass below, named in UPSTREAM_KINDS); ``load()`` checks a table against its kind's."""
+
     name: str
-    # Runtime API base, e.g. https://quantum.cloud.ibm.com/api/v1 or http://127.0.0.1:8290/api/v1
+    # The API base, e.g. https://quantum.cloud.ibm.com/api/v1 (ibm-runtime), or
+    # https://direct-access-x.quantum-computing.cloud.ibm.com:30060 (ibm-quantum-system)
     url: str = field(metadata=_UPSTREAM_URL)
     # IAM base (token endpoint is {iam_url}/identity/token), e.g. https://iam.cloud.ibm.com
     iam_url: str = field(metadata=_UPSTREAM_URL)
@@ -193,13 +205,54 @@ class UpstreamSettings:
     instance: str = field(metadata=_NON_EMPTY)
     # Name of the entry in the secrets file holding this upstream's API key.
     api_key_secret: str = field(metadata=_NON_EMPTY)
-    # IBM-API-Version header to send upstream when the client did not send one.
-    api_version: str = "2025-05-01"
     verify_tls: bool = True
     # Which vendor's API this upstream speaks: one of UPSTREAM_KINDS (qproxy.upstream.KINDS).
     kind: str = field(default="ibm-runtime", metadata=_rule(
-        "a known upstream kind (" + ", ".join(sorted(UPSTREAM_KINDS)) + ")",
+        "a known upstream kind (" + ", ".join(sorted(_UPSTREAM_KIND_NAMES)) + ")",
         lambda v: v in UPSTREAM_KINDS))
+
+    def secret_names(self) -> tuple[str, ...]:
+        """The secrets-file entries this upstream's client needs (qproxy.secrets)."""
+        return (self.api_key_secret,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeUpstreamSettings(UpstreamSettings):
+    """``kind = "ibm-runtime"``: IBM Quantum Platform's Qiskit Runtime API (or the emulator)."""
+
+    # IBM-API-Version header to send upstream when the client did not send one.
+    api_version: str = "2025-05-01"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantumSystemSettings(UpstreamSettings):
+    """``kind = "ibm-quantum-system"``: an on-prem IBM system's Quantum System API, whose jobs
+    read their input and write their results through presigned URLs of the centre's S3
+    bucket (qproxy/upstream/quantum_system.py)."""
+
+    # S3-compatible endpoint and bucket the proxy stores each job's input, results and logs
+    # in; the keys are {input,results,logs}_<job id>.json, deleted by the epilog.
+    s3_endpoint: str = field(metadata=_UPSTREAM_URL)
+    s3_bucket: str = field(metadata=_rule(
+        "an S3 bucket name (3-63 of a-z 0-9 . -)",
+        lambda v: re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v) is not None))
+    s3_region: str = field(default="us-east-1", metadata=_NON_EMPTY)
+    # Names of the secrets-file entries holding the S3 access key id and secret access key.
+    s3_access_key_secret: str = field(metadata=_NON_EMPTY)
+    s3_secret_key_secret: str = field(metadata=_NON_EMPTY)
+    # Longest wait between two tries of a submission the system refused for now (429: every
+    # lane busy, 423: reserved); the job sees it Queued meanwhile.
+    retry_max_seconds: float = field(default=10.0, metadata=_POSITIVE)
+
+    def secret_names(self) -> tuple[str, ...]:
+        return (self.api_key_secret, self.s3_access_key_secret, self.s3_secret_key_secret)
+
+
+# The vendor APIs an upstream may speak ([upstreams.NAME] kind) and each one's settings table.
+# Owned here so that the config needs nothing above it; qproxy.upstream.KINDS maps each kind
+# to its client class (a unit test keeps the two equal).
+UPSTREAM_KINDS: dict[str, type[UpstreamSettings]] = dict(zip(
+    _UPSTREAM_KIND_NAMES, (QuantumSystemSettings, RuntimeUpstreamSettings), strict=True))
 
 
 @dataclass(frozen=True)
@@ -294,6 +347,7 @@ _KINDS: dict[object, _Kind] = {
     Path: _Kind("a string (a path)", lambda v: isinstance(v, str), Path),
 }
 
+_BASE_UPSTREAM_FIELDS = frozenset(f.name for f in fields(UpstreamSettings))
 _TABLES = ("paths", "proxy", "accounting", "upstreams", "resources")
 
 
@@ -446,7 +500,14 @@ def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
     upstream_tables = section("upstreams")
     upstreams: dict[str, UpstreamSettings] = {}
     for name, value in upstream_tables.items():
-        up = _build(UpstreamSettings, f"[upstreams.{name}]", value, problems, name=name)
+        # the table's kind picks the fields it is checked against (an unknown kind is
+        # reported by the base table's rule, with the base's other problems)
+        kind = value.get("kind", "ibm-runtime") if isinstance(value, dict) else None
+        cls = UPSTREAM_KINDS.get(kind, UpstreamSettings) if isinstance(kind, str) else \
+            UpstreamSettings
+        if cls is UpstreamSettings and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k in _BASE_UPSTREAM_FIELDS}
+        up = _build(cls, f"[upstreams.{name}]", value, problems, name=name)
         if up is not None:
             upstreams[name] = up
 

@@ -22,6 +22,10 @@ API_PREFIXES = (RUNTIME_PREFIX, CLIENT_RUNTIME_PREFIX)
 # The IAM API-key exchange, relative to IAM_URL.
 IAM_TOKEN_PATH = "/identity/token"
 API_VERSION_HEADER = "IBM-API-Version"
+# Headers of a job's request worth passing on (never Authorization / Service-CRN), and of an
+# answer (a multi-node job's relay passes both, qproxy.proxy.relay.process).
+REQUEST_HEADERS = (API_VERSION_HEADER, "Content-Type", "Accept")
+RESPONSE_HEADERS = ("Content-Type", "Content-Disposition")
 # The API version we send when a client did not choose one.
 DEFAULT_API_VERSION = "2025-05-01"
 

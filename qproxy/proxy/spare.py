@@ -82,7 +82,12 @@ def _warm(config_path: str) -> None:
     serve.parse_args(["--config", config_path, "--job-id", "0", "--user", "nobody",
                       "--backend", "-", "--lanes", "1", "--end-time", "0",
                       "--env-file", os.devnull])
-    cfg.load(config_path)
+    conf = cfg.load(config_path)
+    if any(isinstance(up, cfg.QuantumSystemSettings) for up in conf.upstreams.values()):
+        # the S3 signing code a job's first submission to an on-prem system imports (~36 ms)
+        import botocore.auth  # noqa: F401
+        import botocore.awsrequest  # noqa: F401
+        import botocore.credentials  # noqa: F401
     serve.job_uid("root")
 
     async def ok(_request: web.Request) -> web.Response:

@@ -16,11 +16,17 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from qproxy.runtime_api import is_final, job_status
+from qproxy.upstream.base import UpstreamError
 from qproxy.upstream.booking import stop_and_book
 
 if TYPE_CHECKING:
     from qproxy.node.ledger import Ledger
     from qproxy.upstream.base import Upstream
+
+
+# how long a cancelled job may take to show final upstream before it is booked anyway
+SETTLE_SECONDS = 60.0
 
 
 class UsageBook:
@@ -35,6 +41,26 @@ class UsageBook:
         """A job turned final: book it in the background (once)."""
         if job_id not in self.booked and job_id not in self._pending:
             self._pending[job_id] = asyncio.ensure_future(self._book(job_id))
+
+    def cancelled(self, job_id: str, every: float) -> None:
+        """A cancel was accepted: book the job once upstream shows it final (a cancel takes
+        effect asynchronously), polling every ``every`` s for at most SETTLE_SECONDS, so what
+        the vendor holds for it (an on-prem system's lane) is released soon after."""
+        if job_id not in self.booked and job_id not in self._pending:
+            self._pending[job_id] = asyncio.ensure_future(self._settle(job_id, every))
+
+    async def _settle(self, job_id: str, every: float) -> float | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_SECONDS
+        try:
+            while loop.time() < deadline:
+                r = await self.client.get_job(job_id, {"exclude_params": "true"})
+                if r.status != 200 or is_final(job_status(r.doc)):
+                    break
+                await asyncio.sleep(every)
+        except UpstreamError:
+            pass
+        return await self._book(job_id)
 
     async def ensure(self, job_id: str) -> float | None:
         """The booked figure, booking it now if need be (before a DELETE is forwarded)."""
@@ -56,6 +82,11 @@ class UsageBook:
         self.ledger.append("usage", job_id, quantum_seconds=seconds)
         if self.on_booked is not None:
             self.on_booked(seconds)
+        # booked (fsync'ed) first: what the vendor kept to report the figure may now go
+        try:
+            await self.client.release(job_id)
+        except UpstreamError:
+            pass  # purged by the epilog at the latest
         return seconds
 
     async def drain(self) -> None:

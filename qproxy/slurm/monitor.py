@@ -95,7 +95,9 @@ async def device_health(conf: cfg.Config, names: list[str],
             out[name] = (False, f"unreachable: {exc or type(exc).__name__}")
             return
         why = st.status + (f": {st.message}" if st.message else "")
-        out[name] = (st.online, why[:160])
+        if st.locked:  # an on-prem system's reservation: our jobs cannot run meanwhile
+            why = "reserved for others" + (f" ({why})" if why else "")
+        out[name] = (st.online and not st.locked, why[:160])
 
     try:
         await asyncio.gather(*(one(n) for n in names))

@@ -147,14 +147,15 @@ def start_proxy(config: Config, job: JobState, resource: Resource, user: str, la
             claimed = None
         if claimed is not None:
             return proxyproc.Recorded(*claimed)
-    pid = proxyproc.start(args, job.proxy_log).pid
+    pid = proxyproc.start(args, job.proxy_log, config.proxy.cgroup).pid
     return proxyproc.Recorded(pid, None, start_ticks(pid))
 
 
 def keep_spares(config: Config) -> None:
     """After the job's own proxy: start a spare for the next QPU job on this node."""
     try:
-        spares.ensure(config.state_dir, config.path, config.proxy.spares, proxyproc.CLEAN_ENV)
+        spares.ensure(config.state_dir, config.path, config.proxy.spares, proxyproc.CLEAN_ENV,
+                      config.proxy.cgroup)
     except Exception:  # an optimisation only: never fails the prolog
         log.exception("starting a spare proxy failed")
 
@@ -278,7 +279,7 @@ def start_relay(config: Config, job: JobState, resource: Resource, user: str, ui
             "--env-file", str(job.env_file), "--summary-file", str(job.summary),
             "--node", me, "--run", str(info.restart_cnt),
             "--audit-log", str(config.audit_dir / f"{audit_stem(job.job_id, me)}.jsonl")]
-    pid = proxyproc.start(args, job.proxy_log).pid
+    pid = proxyproc.start(args, job.proxy_log, config.proxy.cgroup).pid
     start = start_ticks(pid)
     job.write_record(ProxyRecord(
         job_id=job.job_id, user=user, uid=uid, account=info.account, resource=resource.name,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from qproxy.files import open_append
+from qproxy.node import cgroup
 from qproxy.node.envfile import read_env_file
 from qproxy.node.process import alive, is_our_proxy
 from qproxy.records import ProxyRecord
@@ -25,11 +26,20 @@ CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 
 
 def launch(args: list[str], log_path: Path, env: Mapping[str, str] | None = None,
-           preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
-    """``qproxy serve ARGS`` detached: ``setsid`` + stdio to a 0600 log file, cwd ``/``. A
-    job's proxy (``start``) and a spare (``qproxy.slurm.spares.ensure``) must outlive the
-    prolog and must not hold the prolog's pipes open (slurmd would wait for them)."""
+           preexec_fn: Callable[[], None] | None = None,
+           cgroup_name: str = "") -> subprocess.Popen[bytes]:
+    """``qproxy serve ARGS`` detached: ``setsid`` + stdio to a 0600 log file, cwd ``/``, in
+    the cgroup CGROUP_NAME (``[proxy].cgroup``, see ``qproxy.node.cgroup``: never the cgroup
+    of the job whose prolog runs this; "" stays). A job's proxy (``start``) and a spare
+    (``qproxy.slurm.spares.ensure``) must outlive the prolog and must not hold the prolog's
+    pipes open (slurmd would wait for them)."""
     import subprocess
+
+    def child() -> None:  # after the fork, before the exec: nothing of it runs in the job
+        for problem in cgroup.enter(cgroup_name) if cgroup_name else ():
+            os.write(2, f"qproxy: {problem}\n".encode())
+        if preexec_fn is not None:
+            preexec_fn()
 
     fd = open_append(log_path)
     try:
@@ -37,15 +47,15 @@ def launch(args: list[str], log_path: Path, env: Mapping[str, str] | None = None
             [sys.executable, "-m", "qproxy", "serve", *args],
             stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True,
             start_new_session=True, cwd="/", env=CLEAN_ENV if env is None else env,
-            preexec_fn=preexec_fn,
+            preexec_fn=child,
         )
     finally:
         os.close(fd)
 
 
-def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """A job's proxy, with a clean environment."""
-    return launch(args, log_path)
+def start(args: list[str], log_path: Path, cgroup_name: str = "") -> subprocess.Popen[bytes]:
+    """A job's proxy, with a clean environment, in CGROUP_NAME ("" stays)."""
+    return launch(args, log_path, cgroup_name=cgroup_name)
 
 
 class Recorded(NamedTuple):

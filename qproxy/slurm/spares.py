@@ -53,8 +53,12 @@ def claim(state_dir: Path, argv: list[str], log_path: Path,
     return None
 
 
-def ensure(state_dir: Path, config_path: Path, wanted: int, env: dict[str, str]) -> int:
-    """Start spares until ``wanted`` are ready or starting; returns how many were started."""
+def ensure(state_dir: Path, config_path: Path, wanted: int, env: dict[str, str],
+           cgroup_name: str = "") -> int:
+    """Start spares until ``wanted`` are ready or starting, each in the cgroup CGROUP_NAME
+    (``[proxy].cgroup``: a spare is started by some job's prolog, but the proxies it forks
+    serve other users' jobs, which that job's end or OOM must never take down); returns how
+    many were started."""
     if wanted <= 0:
         return 0
     d = spares_dir(state_dir)
@@ -64,7 +68,7 @@ def ensure(state_dir: Path, config_path: Path, wanted: int, env: dict[str, str])
     for _ in range(max(0, wanted - len(listing(state_dir)))):
         spare_id = os.urandom(8).hex()
         proc = launch(["--spare", spare_id, "--config", str(config_path)],
-                      d / f"{spare_id}.log", env, _idle_priority)
+                      d / f"{spare_id}.log", env, _idle_priority, cgroup_name)
         # counted from now on (Popen returns after the exec, so the guard sees the spare's
         # command line); the spare removes this marker once its socket exists
         (d / f"{proc.pid}-{spare_id}.spawned").touch(mode=0o600)

@@ -2,7 +2,8 @@
 read the quantum seconds it used. The one home of that sequence: the proxy's ``UsageBook``
 (qproxy/proxy/usage.py: booked when a job turns final, or before a DELETE) and the leftover
 cleanup (``qproxy.upstream.leftovers``: proxy shutdown, or the epilog for a dead proxy) both
-call it. Speaks the Runtime API over the seam's ``call``, never a vendor's module.
+call it. Uses the seam's operations, never a vendor's module; once booked, the job is
+``release``d (an on-prem system's lane is held until then).
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ async def stop_and_book(client: Upstream, job_id: str,
     cancelled = False
     try:
         if stop_first:
-            code, doc, _ = await client.call("GET", f"/jobs/{job_id}")
-            if code == 200 and not is_final(job_status(doc)):
-                code, _, _ = await client.call("POST", f"/jobs/{job_id}/cancel")
-                cancelled = code in (200, 202, 204)
-        code, metrics, _ = await client.call("GET", f"/jobs/{job_id}/metrics")
+            job = await client.get_job(job_id, {})
+            if job.status == 200 and not is_final(job_status(job.doc)):
+                cancelled = (await client.cancel_job(job_id)).status in (200, 202, 204)
+        metrics = await client.job_metrics(job_id)
     except UpstreamError:
         return cancelled, None
-    return cancelled, quantum_seconds(metrics) if code == 200 else None
+    return cancelled, quantum_seconds(metrics.doc) if metrics.status == 200 else None

@@ -20,10 +20,20 @@ if TYPE_CHECKING:  # aiohttp is imported only when there is upstream work to cle
 
 async def _one_job(client: Upstream, job_id: str,
                    booked: float | None = None) -> tuple[bool, float]:
-    if booked is not None:  # final when booked: nothing to cancel, and the figure stands
-        return False, booked
-    cancelled, seconds = await stop_and_book(client, job_id)
-    return cancelled, seconds or 0.0
+    """Stop and book it (a booked job is final: nothing to cancel, and the figure stands),
+    then purge what the vendor keeps of it (an on-prem system's lane and stored objects)."""
+    from qproxy.upstream.base import UpstreamError
+
+    if booked is not None:
+        cancelled, seconds = False, booked
+    else:
+        cancelled, found = await stop_and_book(client, job_id)
+        seconds = found or 0.0
+    try:
+        await client.purge(job_id)
+    except UpstreamError:
+        pass
+    return cancelled, seconds
 
 
 async def cleanup(
@@ -39,7 +49,7 @@ async def cleanup(
     results = await asyncio.gather(*(_one_job(client, j, booked.get(j)) for j in jobs))
     for sid in sessions:
         try:
-            await client.call("DELETE", f"/sessions/{sid}/close")
+            await client.close_session(sid)
         except UpstreamError:
             pass
     return {

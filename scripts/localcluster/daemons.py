@@ -81,7 +81,7 @@ def stop_pids(pids: dict[str, int]) -> None:
     alive = dict(pids)
     while alive:
         for name, pid in list(alive.items()):
-            grace = 3 if name == "emulator" else 15
+            grace = 3 if name in ("emulator", "s3") else 15
             if not _alive(pid):
                 del alive[name]
             elif time.monotonic() - start > grace:

@@ -19,11 +19,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from scripts.localcluster import configs, daemons
-from scripts.localcluster.settings import EMULATOR_LANES, Settings
+from scripts.localcluster import cgroups, configs, daemons
+from scripts.localcluster.settings import Settings
 from scripts.localcluster.slurmroot import netns_exists, userspec
 from scripts.localcluster.system import (
     build_plugin,
@@ -140,6 +141,7 @@ def netns_down(s: Settings) -> None:
         run("ip", "netns", "delete", ns, check=False)
     if s.chroot:
         slurmroot(s, "umount", s.suite, "--keep-netns", check=False)
+    cgroups.teardown(s)
 
 
 # ---------------------------------------------------------------------------- accounting
@@ -235,9 +237,12 @@ def up(s: Settings, t0: float) -> int:
     ensure_users(s)
     if s.chroot:
         chroot_binds(s)
+    in_cgroups = cgroups.setup(s)
+    if in_cgroups and s.chroot:
+        cgroups.bind_into(s, chroot_root(s))
     netns_up(s)
     plugin, changed = build_plugin(s)
-    changed = configs.write_multinode(s, plugin) or changed
+    changed = configs.write_multinode(s, plugin, in_cgroups) or changed
     if healthy(s) and not changed:
         log(f"already up ({time.monotonic() - t0:.1f}s)")
         print_env(s)
@@ -245,11 +250,14 @@ def up(s: Settings, t0: float) -> int:
     if daemons.running(s):
         log("configuration changed or a daemon is missing: restarting")
         down(s, quiet=True, teardown_ns=False)
+    s.emu_ready.unlink(missing_ok=True)
+    s.s3_ready.unlink(missing_ok=True)
+    daemons.spawn(s, "s3", ns_cmd(s, s.ctl_ns, [
+        sys.executable, "-m", "qproxy.emulator.s3local", *s.s3_args()], chroot=False), env(s))
     daemons.spawn(s, "emulator", ns_cmd(s, s.ctl_ns, [
         str(qproxy_bin()), "emulator", "--ready-file", str(s.emu_ready),
         "--host", s.ctl_addr, "--port", str(s.emulator_port), "--api-key-file",
-        str(s.emu_keys), "--lanes", EMULATOR_LANES], chroot=False), env(s))
-    s.emu_ready.unlink(missing_ok=True)
+        str(s.emu_keys), *s.emulator_args()], chroot=False), env(s))
     # one munged; its path-named socket is reachable from every namespace
     daemons.start_munged(s, ns_cmd(s, s.ctl_ns, []))
     if s.accounting:
@@ -272,6 +280,9 @@ def up(s: Settings, t0: float) -> int:
              lambda: s.emu_ready.exists() or not daemons.pid_of(s, "emulator"), 180)
     if not daemons.pid_of(s, "emulator"):
         die(f"the emulator exited; see {s.logs}/emulator.out")
+    wait_for(s, "S3 ready file", lambda: s.s3_ready.exists() or not daemons.pid_of(s, "s3"), 60)
+    if not daemons.pid_of(s, "s3"):
+        die(f"the S3 server exited; see {s.logs}/s3.out")
     major, minor = slurm_version(s)
     log(f"up in {time.monotonic() - t0:.1f}s; Slurm {major}.{minor:02d} ({s.suite}); "
         f"{s.nodes} node(s) {', '.join(f'{n}={s.node_addr(n)}' for n in s.node_names)}; "

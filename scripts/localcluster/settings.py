@@ -30,11 +30,15 @@ FLAG_OPTS = ("--accounting", "--no-accounting")
 CPUS = 8  # advertised with SlurmdParameters=config_overrides, more than the 2 real cores
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "libslurm-dev")
 DB_PACKAGES = ("slurmdbd", "mariadb-server")
-SINGLE_DAEMONS = ("munged", "slurmctld", "slurmd", "emulator")
+SINGLE_DAEMONS = ("munged", "slurmctld", "slurmd", "s3", "emulator")
 EMULATOR_DEFAULT_PORT = 8290
 # what the emulator runs (its own lanes; QPROXY_CLUSTER_FEZ_LANES changes only Slurm's and
-# qproxy's view of ibm_fez)
-EMULATOR_LANES = "fake_fez=2,fake_torino=1"
+# qproxy's view of ibm_fez): both IBM APIs, fake_marrakesh being the on-prem system behind the
+# Quantum System API (resource ibm_onprem, its HPC lanes = its licences)
+EMULATOR_BACKENDS = "fake_fez,fake_torino,fake_marrakesh"
+EMULATOR_LANES = "fake_fez=2,fake_torino=1,fake_marrakesh=2"
+ONPREM_LANES = 2
+S3_BUCKET = "qproxy-onprem"
 INSTANCE = "crn:v1:bluemix:public:quantum-computing:us-east:a/qproxy:emulator::"
 
 
@@ -85,6 +89,7 @@ class Settings:
     fez_lanes: int
     subnet: str  # several nodes: the controller is SUBNET.1, node I is SUBNET.(10+I)
     dbd_port: int
+    s3_port: int  # the on-prem system's S3 store (SeaweedFS), beside the emulator
     repo: Path = REPO
 
     # ------------------------------------------------------------------ construction
@@ -118,6 +123,8 @@ class Settings:
             fez_lanes=int(env.get("QPROXY_CLUSTER_FEZ_LANES") or "2"),
             subnet=env.get("QPROXY_CLUSTER_SUBNET") or "127.77.0",
             dbd_port=int(env.get("QPROXY_CLUSTER_DBD_PORT") or str(ctld_port + 2)),
+            s3_port=int(env.get("QPROXY_CLUSTER_S3_PORT") or str(
+                int(env.get("QPROXY_CLUSTER_EMULATOR_PORT") or EMULATOR_DEFAULT_PORT) + 1)),
         )
 
     def env(self) -> dict[str, str]:
@@ -137,6 +144,7 @@ class Settings:
             "QPROXY_CLUSTER_FEZ_LANES": str(self.fez_lanes),
             "QPROXY_CLUSTER_SUBNET": self.subnet,
             "QPROXY_CLUSTER_DBD_PORT": str(self.dbd_port),
+            "QPROXY_CLUSTER_S3_PORT": str(self.s3_port),
         }
 
     def problem(self) -> str | None:
@@ -215,6 +223,28 @@ class Settings:
         return self.state / "emulator.ready"
 
     @property
+    def s3_dir(self) -> Path:
+        """The S3 server's data, config and its key pair (``keys.json``, root 0600)."""
+        return self.state / "s3"
+
+    @property
+    def s3_ready(self) -> Path:
+        return self.state / "s3.ready"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{self.ctld_addr}:{self.s3_port}"
+
+    def emulator_args(self) -> list[str]:
+        """What every cluster's emulator serves: both IBM APIs on its devices."""
+        return ["--backends", EMULATOR_BACKENDS, "--lanes", EMULATOR_LANES, "--api", "both"]
+
+    def s3_args(self) -> list[str]:
+        return ["--dir", str(self.s3_dir), "--bucket", S3_BUCKET, "--host", self.ctld_addr,
+                "--port", str(self.s3_port), "--ready-file", str(self.s3_ready),
+                "--credentials-file", str(self.s3_dir / "keys.json")]
+
+    @property
     def emu_keys(self) -> Path:
         """The emulator's vendor key (random per state dir)."""
         return self.state / "emulator.keys"
@@ -242,7 +272,7 @@ class Settings:
 
     @property
     def licenses(self) -> str:
-        return f"ibm_fez:{self.fez_lanes},ibm_torino:1"
+        return f"ibm_fez:{self.fez_lanes},ibm_torino:1,ibm_onprem:{ONPREM_LANES}"
 
     @property
     def daemons(self) -> tuple[str, ...]:
@@ -250,7 +280,7 @@ class Settings:
         if not self.multi:
             return SINGLE_DAEMONS
         acct = ("mariadbd", "slurmdbd") if self.accounting else ()
-        return ("emulator", "munged", *acct, "slurmctld",
+        return ("s3", "emulator", "munged", *acct, "slurmctld",
                 *(f"slurmd-{n}" for n in self.node_names))
 
     @property

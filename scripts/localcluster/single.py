@@ -10,11 +10,12 @@ import subprocess
 import sys
 import time
 
-from scripts.localcluster import configs, daemons
-from scripts.localcluster.settings import EMULATOR_DEFAULT_PORT, EMULATOR_LANES, Settings
+from scripts.localcluster import cgroups, configs, daemons
+from scripts.localcluster.settings import EMULATOR_DEFAULT_PORT, Settings
 from scripts.localcluster.system import (
     build_plugin,
     chroot_binds,
+    chroot_root,
     die,
     ensure_packages,
     ensure_qproxy,
@@ -46,10 +47,11 @@ def setup_namespace(s: Settings) -> None:
 
 def teardown(s: Settings) -> None:
     """Stop what is left in the netns, unmount everything below the chroot and delete the
-    netns (`slurmroot umount`)."""
+    netns (`slurmroot umount`); kill what is left in the cluster's cgroups and remove them."""
     if s.netns is not None:
         daemons.stop_namespace_processes([s.netns])
         slurmroot(s, "umount", s.suite, check=False)
+    cgroups.teardown(s)
 
 
 def start_emulator(s: Settings) -> None:
@@ -63,7 +65,15 @@ def start_emulator(s: Settings) -> None:
     netns = [] if s.netns is None else ["ip", "netns", "exec", s.netns]  # host root, no chroot
     daemons.spawn(s, "emulator", [
         *netns, str(qproxy_bin()), "emulator", "--ready-file", str(s.emu_ready), *port,
-        "--api-key-file", str(s.emu_keys), "--lanes", EMULATOR_LANES], slurm_env(s))
+        "--api-key-file", str(s.emu_keys), *s.emulator_args()], slurm_env(s))
+
+
+def start_s3(s: Settings) -> None:
+    """The on-prem system's S3 store (qproxy.emulator.s3local: SeaweedFS), host root."""
+    s.s3_ready.unlink(missing_ok=True)
+    netns = [] if s.netns is None else ["ip", "netns", "exec", s.netns]
+    daemons.spawn(s, "s3", [*netns, sys.executable, "-m", "qproxy.emulator.s3local",
+                            *s.s3_args()], slurm_env(s))
 
 
 def node_state(s: Settings) -> str:
@@ -74,7 +84,7 @@ def node_state(s: Settings) -> str:
 
 def healthy(s: Settings) -> bool:
     r = daemons.running(s)
-    emu_ok = "emulator" in r or not has_emulator(s)
+    emu_ok = ("emulator" in r and "s3" in r) or not has_emulator(s)
     # a node running jobs is healthy too: never restart under a user's job
     return all(n in r for n in ("munged", "slurmctld", "slurmd")) and emu_ok and (
         node_state(s).rstrip("*") in UP_STATES)
@@ -96,8 +106,11 @@ def up(s: Settings, t0: float) -> int:
     s.state.mkdir(parents=True, exist_ok=True)
     ensure_users(s)
     setup_namespace(s)
+    in_cgroups = cgroups.setup(s)
+    if in_cgroups and s.chroot:
+        cgroups.bind_into(s, chroot_root(s))
     plugin, changed = build_plugin(s)
-    changed = configs.write_single(s, plugin) or changed
+    changed = configs.write_single(s, plugin, in_cgroups) or changed
     state = node_state(s) if daemons.running(s).get("slurmctld") else ""
     if any(word in state for word in ("drain", "down", "fail")):
         log(f"node is {state}: resuming it")
@@ -112,6 +125,8 @@ def up(s: Settings, t0: float) -> int:
         log("configuration changed: restarting")
         down(s, quiet=True, teardown_ns=False)
     have = daemons.running(s)  # start only what is missing (e.g. slurmd restarted under jobs)
+    if "s3" not in have:
+        start_s3(s)
     if "emulator" not in have:
         start_emulator(s)
     if "munged" not in have:
@@ -132,6 +147,11 @@ def up(s: Settings, t0: float) -> int:
                  lambda: s.emu_ready.exists() or not daemons.pid_of(s, "emulator"), 180)
         if not daemons.pid_of(s, "emulator"):
             die(f"the emulator exited; see {s.logs}/emulator.out")
+    if (s.pids / "s3.pid").exists():
+        wait_for(s, "S3 ready file", lambda: s.s3_ready.exists() or not daemons.pid_of(s, "s3"),
+                 60)
+        if not daemons.pid_of(s, "s3"):
+            die(f"the S3 server exited; see {s.logs}/s3.out")
     reap(s)  # proxies/records of jobs that ended while slurmd was away
     major, minor = slurm_version(s)
     log(f"up in {time.monotonic() - t0:.1f}s; Slurm {major}.{minor:02d}"

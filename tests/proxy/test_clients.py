@@ -33,8 +33,8 @@ from tests.support.tap import Tap
 
 from .conftest import read_env_file
 
-SUPPORTED = ("0.49.0", "0.50.0", "0.51.0")
-VERSIONS = os.environ.get("QPROXY_CLIENT_VERSIONS", ",".join(SUPPORTED)).split(",")
+VERSIONS = os.environ.get("QPROXY_CLIENT_VERSIONS",
+                          ",".join(clientvenvs.SUPPORTED_RUNTIME)).split(",")
 # The newest patch of each minor release since the channel exists, plus the first one.
 UNSUPPORTED = ("0.40.0", "0.40.1", "0.41.1", "0.42.0", "0.43.1", "0.44.1", "0.45.1", "0.46.1",
                "0.47.0", "0.48.0")

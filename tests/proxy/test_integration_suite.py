@@ -109,11 +109,6 @@ POLICY_REFUSED: dict[str, str] = {
     "dedicated sessions are off unless the admin allows them ([resources.X]."
     "dedicated_sessions), so the client's Session becomes a batch, and Session.from_id "
     "refuses a batch id as a dedicated session",
-    "test_job.py::TestIntegrationJob::test_updating_job_tags": "tag policy: every job "
-    "carries slurm_job:/slurm_user: tags the job cannot drop, so job.tags is a superset",
-    "test_ibm_job_attributes.py::TestIBMJobSubmission::test_job_tags": "tag policy, as above",
-    "test_ibm_job_attributes.py::TestIBMJobSubmission::test_job_tags_replace": "tag policy, "
-    "as above",
 }
 
 

@@ -22,18 +22,17 @@ FINAL = {"Completed", "Failed", "Cancelled", "Cancelled - Ran too long"}
 
 def upstream_status(cluster: Cluster, ids: list[str]) -> dict[str, Any]:
     """Ask the emulator directly, with the admin's credential."""
-    from qproxy.secrets import get_secret
-    from qproxy.upstream.ibm_runtime import IBMRuntimeUpstream
+    from qproxy.upstream import connect, read_credentials
 
     config = load(cluster.config)
     upstream = config.upstreams["emulator"]
 
     async def run() -> dict[str, Any]:
-        client = IBMRuntimeUpstream(upstream, get_secret(config, upstream.api_key_secret))
+        client = connect(upstream, read_credentials(config, upstream))
         try:
             out = {}
             for i in ids:
-                _, doc, _ = await client.call("GET", f"/jobs/{i}")
+                doc = (await client.get_job(i, {})).doc
                 out[i] = doc.get("status") or (doc.get("state") or {}).get("status")
             return out
         finally:

@@ -1,5 +1,6 @@
-"""The three user flows in examples/ succeed end to end as the unprivileged job user:
-a primitive job (qrun), an unmodified qiskit-ibm-runtime program, and a three-job workflow."""
+"""The user flows in examples/ succeed end to end as the unprivileged job user: a primitive
+job (qrun), the same on the on-prem system, an unmodified qiskit-ibm-runtime program, and a
+three-job workflow."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ def _copy(cluster: Cluster, name: str) -> Path:
 
 
 def _job(cluster: Cluster, wd: Path) -> str:
+    return _submitted(cluster, wd)[1]
+
+
+def _submitted(cluster: Cluster, wd: Path) -> tuple[str, str]:
+    """(Slurm job id, its output) of job.sh in WD, once COMPLETED."""
     proc = cluster.as_user("sbatch", "--parsable", "-o", "out.txt", "job.sh", cwd=wd)
     assert proc.returncode == 0, proc.stderr
     fields = cluster.wait_state(proc.stdout.strip(), FINAL, timeout=300)
     out = (wd / "out.txt").read_text()
     assert fields["JobState"] == "COMPLETED", out
-    return out
+    return proc.stdout.strip(), out
 
 
 def test_primitive(qpu_cluster: Cluster) -> None:
@@ -35,6 +41,20 @@ def test_primitive(qpu_cluster: Cluster) -> None:
     assert int(counts["00"]) + int(counts["11"]) > 900, out
     zz, xx = map(float, re.search(r"<ZZ>, <XX>: \[(\S+), (\S+)\]", out).groups())  # type: ignore[union-attr]
     assert zz > 0.8 and xx > 0.8, out
+
+
+def test_onprem(qpu_cluster: Cluster) -> None:
+    """examples/onprem: primitive/'s payloads on ibm_onprem (the Quantum System kind)."""
+    wd = qpu_cluster.workdir()
+    for name in ("primitive", "onprem"):
+        shutil.copytree(EXAMPLES / name, wd / name)
+    subprocess.run(["chown", "-R", qpu_cluster.user, str(wd)], check=True)
+    job_id, out = _submitted(qpu_cluster, wd / "onprem")
+    assert "QPU: ibm_onprem (1 lane(s))" in out, out
+    zz, xx = map(float, re.search(r"<ZZ>, <XX>: \[(\S+), (\S+)\]", out).groups())  # type: ignore[union-attr]
+    assert zz > 0.8 and xx > 0.8, out
+    qpu_cluster.wait_gone(job_id)
+    assert qpu_cluster.usage(job_id)  # booked by the epilog
 
 
 def test_hybrid_unmodified_client(qpu_cluster: Cluster) -> None:

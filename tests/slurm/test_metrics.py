@@ -66,7 +66,7 @@ def test_requests_and_errors_are_counted(qpu_cluster: Cluster) -> None:
     assert delta("qproxy_request_errors_total", resource="ibm_fez") == 1
     # every backend list went upstream once, and was timed
     assert delta("qproxy_upstream_latency_seconds_count", resource="ibm_fez",
-                 endpoint="backends", method="GET") >= n
+                 operation="backends") >= n
     # the ended proxy's gauges are gone, its counters stay (folded by the epilog)
     assert value(after, "qproxy_proxies_alive", resource="ibm_fez") == 0
     assert value(after, "qproxy_lanes_allocated", resource="ibm_fez") == 0

@@ -25,6 +25,8 @@ VENVS = Path(os.environ.get("QPROXY_CLIENT_VENVS", _DEFAULT))
 # What the base is resolved from: the newest client and QRMI (so their dependency floors hold),
 # then removed from it again so that each layer brings its own release.
 NEWEST_RUNTIME = "0.51.0"
+# the qiskit-ibm-runtime releases the product supports (the client matrix runs each)
+SUPPORTED_RUNTIME = ("0.49.0", "0.50.0", NEWEST_RUNTIME)
 QRMI = "0.26.4"
 BASE_SPEC = (f"qiskit-ibm-runtime=={NEWEST_RUNTIME}", f"qrmi=={QRMI}", "qiskit-qasm3-import",
              "python-dotenv", "packaging")
@@ -119,6 +121,14 @@ def runtime(version: str) -> Path:
     """qiskit-ibm-runtime ``version`` (exact, e.g. "0.40.1") on the base."""
     return layer(f"rt-{version}", [f"qiskit-ibm-runtime=={version}"],
                  {"qiskit-ibm-runtime": []})
+
+
+def prepare() -> None:
+    """Every venv the suites use, built once before lanes run side by side (two lanes must
+    never build the same one, and a cluster's namespace has no registry)."""
+    qrmi()
+    for version in SUPPORTED_RUNTIME:
+        runtime(version)
 
 
 def qrmi() -> Path:

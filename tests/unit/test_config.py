@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qproxy.config import ConfigError, ProxySettings, Resource, UpstreamSettings, load
+from qproxy.config import ConfigError, ProxySettings, Resource, RuntimeUpstreamSettings, load
 
 SHIPPED = Path(__file__).resolve().parents[2] / "conf" / "qproxy.toml"
 
@@ -81,7 +81,7 @@ def test_values_converted(tmp_path: Path) -> None:
     )
     assert config.proxy.spare_idle_seconds == 5.0
     assert isinstance(config.proxy.spare_idle_seconds, float)
-    assert config.upstreams["emu"] == UpstreamSettings(
+    assert config.upstreams["emu"] == RuntimeUpstreamSettings(
         name="emu", url="http://127.0.0.1:8290/api/v1", iam_url="http://127.0.0.1:8290",
         instance="crn:v1:test::", api_key_secret="emu",
     )

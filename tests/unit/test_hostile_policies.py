@@ -117,3 +117,12 @@ def test_bound_and_cap(tmp_path: Path) -> None:
     assert events.count(b"audit_full") == 1 and events[-2:] == [b"summary", b"close"]
     assert verify(tmp_path / "a.jsonl", key=b"k" * 64)[0]
     assert not verify(tmp_path / "a.jsonl", key=b"j" * 64)[0]
+
+
+def test_the_job_sees_only_its_own_tags() -> None:
+    """Ours are the proxy's business (issue 25): a job document shows what the job set."""
+    from qproxy.proxy.policy.tags import hide
+
+    doc = {"id": "j", "tags": ["mine", "slurm_job:7", "slurm_user:alice", "slurm_account:a"]}
+    assert hide(doc)["tags"] == ["mine"]
+    assert hide({"id": "j"}) == {"id": "j"} and hide(None) is None

@@ -15,7 +15,7 @@ def test_defaults_single_node() -> None:
     assert s.state == (REPO / ".state" / "cluster").resolve()
     assert s.slurm_conf == s.state / "slurm" / "slurm.conf"
     assert s.emulator_url == "http://127.0.0.1:8290"
-    assert s.daemons == ("munged", "slurmctld", "slurmd", "emulator")
+    assert s.daemons == ("munged", "slurmctld", "slurmd", "s3", "emulator")
     assert s.problem() is None
 
 
@@ -50,7 +50,8 @@ def test_env_round_trip(tmp_path: Path) -> None:
 def test_slurm_conf_layouts() -> None:
     single = configs.slurm_conf(Settings.from_argv([], {"QPROXY_CLUSTER_FEZ_LANES": "4"}), "h")
     assert "NodeName=h NodeAddr=127.0.0.1 CPUs=8 Gres=qpu:5 State=UNKNOWN\n" in single
-    assert "Licenses=ibm_fez:4,ibm_torino:1\n" in single and "PartitionName=debug" in single
+    assert "Licenses=ibm_fez:4,ibm_torino:1,ibm_onprem:2\n" in single
+    assert "PartitionName=debug" in single
     multi = configs.slurm_conf(Settings.from_argv(["--nodes", "2"], {}), "h")
     assert "SlurmctldHost=h(127.77.0.1)\n" in multi
     assert "NodeName=qnode1 NodeAddr=127.77.0.11 CPUs=8 Gres=qpu:3 State=UNKNOWN\n" in multi

@@ -183,7 +183,7 @@ class FakeSlurm:
         class Proc:
             pid = 4242
 
-        def start(args: list[str], log_path: Path) -> Proc:
+        def start(args: list[str], log_path: Path, cgroup_name: str = "") -> Proc:
             self.started.append(args)
             return Proc()
 

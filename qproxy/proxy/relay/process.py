@@ -201,14 +201,14 @@ async def forward(relay: Relay, request: web.Request) -> web.StreamResponse:
 
     from qproxy.proxy.policy.errors import PolicyError
     from qproxy.proxy.relay.listen import body_length
-    from qproxy.proxy.routes.runtime import FORWARD_HEADERS, RESPONSE_HEADERS
+    from qproxy.runtime_api import REQUEST_HEADERS, RESPONSE_HEADERS
 
     if ".." in request.path.split("/"):
         raise PolicyError(404, f"unknown route: {request.method[:16]} {request.path[:200]}")
     limit = relay.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
-    headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
+    headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}
     data = _body(request) if request.body_exists else None
     length = body_length(request) if data is not None else None
     if length:  # sent as it came (exactly this many bytes): the signature binds it

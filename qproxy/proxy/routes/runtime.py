@@ -11,23 +11,18 @@ allows them (``QUERY``): ``?instance=crn:other`` on ``/instances/usage`` does no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from qproxy.proxy import envelope
 from qproxy.proxy.context import CTX, JobContext
+from qproxy.proxy.policy import tags as tag_policy
 from qproxy.proxy.policy.errors import PolicyError
-from qproxy.proxy.policy.tags import merge_tags
-from qproxy.runtime_api import is_final, job_status, parse_time
+from qproxy.runtime_api import API_VERSION_HEADER, is_final, job_status, parse_time
 from qproxy.upstream import jsonx
+from qproxy.upstream.base import Content, Reply, Submission
 
-CHUNK = 64 * 1024
-# Request headers from the job worth passing upstream (never Authorization / Service-CRN).
-FORWARD_HEADERS = ("IBM-API-Version", "Content-Type", "Accept")
-RESPONSE_HEADERS = ("Content-Type", "Content-Disposition")
 # Query parameters each upstream-bound route passes on (what qiskit-ibm-runtime sends);
 # anything else is dropped, never forwarded under the centre's credentials.
 QUERY: dict[str, frozenset[str]] = {
@@ -52,10 +47,6 @@ def ctx_of(request: web.Request) -> JobContext:
 def note(request: web.Request, **fields: Any) -> None:
     """Add fields (policy decisions, upstream ids) to this request's audit record."""
     request.setdefault("audit", {}).update(fields)
-
-
-def fwd_headers(request: web.Request) -> dict[str, str]:
-    return {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
 
 
 async def next_chunk(request: web.Request, size: int = -1) -> bytes:
@@ -116,20 +107,26 @@ def relay_small(status: int, raw: bytes) -> web.Response:
     return web.Response(status=status, body=raw, content_type="application/json")
 
 
-async def relay_stream(request: web.Request, resp: aiohttp.ClientResponse) -> web.StreamResponse:
-    """Stream an upstream response to the job without buffering it."""
+def relay_reply(reply: Reply) -> web.Response:
+    """An answer with or without a body (204s have none), as upstream gave it."""
+    return web.Response(status=reply.status, body=reply.raw or None,
+                        content_type="application/json" if reply.raw else None)
+
+
+async def relay_stream(request: web.Request, content: Content) -> web.StreamResponse:
+    """Stream an upstream body to the job without buffering it."""
     limit = ctx_of(request).config.proxy.max_response_bytes
-    if limit and resp.content_length is not None and resp.content_length > limit:
+    if limit and content.length is not None and content.length > limit:
         raise PolicyError(502, f"upstream response larger than the limit of {limit} bytes")
-    out = web.StreamResponse(status=resp.status)
-    for h in RESPONSE_HEADERS:
-        if h in resp.headers:
-            out.headers[h] = resp.headers[h]
-    if resp.content_length is not None and "Content-Encoding" not in resp.headers:
-        out.content_length = resp.content_length  # (a compressed length would be wrong)
+    out = web.StreamResponse(status=content.status)
+    if content.content_type:
+        out.headers["Content-Type"] = content.content_type
+    out.headers.update(content.headers)
+    if content.length is not None:
+        out.content_length = content.length
     await out.prepare(request)
     sent = 0
-    async for chunk in resp.content.iter_chunked(CHUNK):
+    async for chunk in content.chunks:
         sent += len(chunk)
         if limit and sent > limit:
             request["bytes_out"] = sent
@@ -140,29 +137,14 @@ async def relay_stream(request: web.Request, resp: aiohttp.ClientResponse) -> we
     return out
 
 
-async def stream_request_body(request: web.Request) -> AsyncIterator[bytes]:
-    """Pass a request body upstream chunk by chunk, enforcing the size limit."""
-    limit = ctx_of(request).config.proxy.max_request_bytes
-    seen = 0
-    while chunk := await next_chunk(request, CHUNK):
-        seen += len(chunk)
-        request["bytes_in"] = seen
-        if seen > limit:
-            raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
-        yield chunk
+def api_version(request: web.Request) -> str | None:
+    """The client's IBM-API-Version, passed on (the answer's shape may depend on it)."""
+    return request.headers.get(API_VERSION_HEADER)
 
 
-async def passthrough(request: web.Request, path: str, route: str = "") -> web.StreamResponse:
-    ctx = ctx_of(request)
-    limit = ctx.config.proxy.max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PolicyError(413, f"request body larger than the limit of {limit} bytes")
-    data = stream_request_body(request) if request.body_exists else None
-    async with ctx.client.stream(
-        request.method, path, params=allowed_query(request, route), data=data,
-        headers=fwd_headers(request),
-    ) as resp:
-        return await relay_stream(request, resp)
+def shown(ctx: JobContext, doc: Any) -> Any:
+    """A job document as the job sees it: the local backend name, only its own tags."""
+    return tag_policy.hide(ctx.backend.rewrite_job(doc))
 
 
 async def update_status(ctx: JobContext, job_id: str, doc: Any) -> None:
@@ -180,27 +162,21 @@ async def update_status(ctx: JobContext, job_id: str, doc: Any) -> None:
 
 async def list_backends(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
-    status, doc, raw = await ctx.client.call(
-        "GET", "/backends", params=allowed_query(request, "backends"),
-        headers=fwd_headers(request),
-    )
-    if status != 200:
-        return relay_small(status, raw)
+    r = await ctx.client.list_backends(allowed_query(request, "backends"))
+    if r.status != 200:
+        return relay_small(r.status, r.raw)
     note(request, backends_visible=[ctx.backend.local])
-    return json_response(200, ctx.backend.filter_devices(doc))
+    return json_response(200, ctx.backend.filter_devices(r.doc))
 
 
 async def backend_doc(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     name = ctx.backend.to_upstream(request.match_info["name"])
     what = request.match_info["what"]
-    status, doc, raw = await ctx.client.call(
-        "GET", f"/backends/{name}/{what}", params=allowed_query(request, "backend_doc"),
-        headers=fwd_headers(request),
-    )
-    if status != 200 or doc is None:
-        return relay_small(status, raw)
-    return json_response(200, ctx.backend.rewrite_doc(doc))
+    r = await ctx.client.backend_doc(name, what, allowed_query(request, "backend_doc"))
+    if r.status != 200 or r.doc is None:
+        return relay_small(r.status, r.raw)
+    return json_response(200, ctx.backend.rewrite_doc(r.doc))
 
 
 # --- jobs -------------------------------------------------------------------------------
@@ -245,44 +221,39 @@ async def _create_job(request: web.Request, ctx: JobContext, waited: float) -> w
     sid = body.get("session_id")
     if sid is not None and sid not in ctx.owned.sessions and sid not in ctx.owned.jobs:
         raise PolicyError(404, f"session {str(sid)[:64]} not found", code=1297)
-    body["tags"] = merge_tags(body.get("tags"), ctx.tags)
+    body["tags"] = tag_policy.merge_tags(body.get("tags"), ctx.tags)
     if body.get("start_session"):
         ctx.sessions.check_new({})
     # Clamp after the lane wait: the time left is what counts at submission.
     decisions: dict[str, Any] = ctx.timelimit.rewrite_job(body)
     decisions["lane_wait_seconds"] = round(waited, 3)
-    api_version = request.headers.get("IBM-API-Version", ctx.upstream.api_version)
+    sub = Submission(body, request.get("stdlib_json", False), api_version(request),
+                     ctx.timelimit.end_time)
     # Shielded: once the POST is on its way, the job id must reach the ledger even if the
     # job's connection goes away meanwhile. From here _submit owns the lane reservation.
     request["lane_reserved"] = False
-    task = asyncio.ensure_future(
-        _submit(ctx, body, request.get("stdlib_json", False), api_version)
-    )
-    status, doc, raw = await asyncio.shield(task)
-    job_id = doc.get("id") if isinstance(doc, dict) else None
-    if not isinstance(job_id, str) or status not in (200, 201):
+    r = await asyncio.shield(asyncio.ensure_future(_submit(ctx, sub)))
+    job_id = r.doc.get("id") if isinstance(r.doc, dict) else None
+    if not isinstance(job_id, str) or r.status not in (200, 201):
         note(request, decisions=decisions)
-        return relay_small(status, raw)
+        return relay_small(r.status, r.raw)
     note(request, upstream_job=job_id, upstream_session=sid, decisions=decisions)
-    return json_response(status, ctx.backend.rewrite_job(doc))
+    return json_response(r.status, shown(ctx, r.doc))
 
 
-async def _submit(
-    ctx: JobContext, body: dict[str, Any], stdlib_json: bool, api_version: str
-) -> tuple[int, Any, bytes]:
-    """POST the job upstream and account for it (ledger, ownership, lane) — or free the lane."""
+async def _submit(ctx: JobContext, sub: Submission) -> Reply:
+    """Submit the job upstream and account for it (ledger, ownership, lane) — or free the
+    lane."""
     try:
-        status, doc, raw = await ctx.client.call(
-            "POST", "/jobs", body=body, stdlib_json=stdlib_json,
-            headers={"IBM-API-Version": api_version},
-        )
+        r = await ctx.client.submit(sub)
     except BaseException:
         await ctx.lanes.cancel_reservation()
         raise
-    job_id = doc.get("id") if isinstance(doc, dict) else None
-    if status not in (200, 201) or not isinstance(job_id, str):
+    body = sub.fields
+    job_id = r.doc.get("id") if isinstance(r.doc, dict) else None
+    if r.status not in (200, 201) or not isinstance(job_id, str):
         await ctx.lanes.cancel_reservation()
-        return status, doc, raw
+        return r
     ctx.ledger.append("job", job_id)
     ctx.metrics.upstream_jobs.inc()
     ctx.owned.add_job(job_id)
@@ -291,18 +262,16 @@ async def _submit(
         ctx.ledger.append("session", job_id)
         ctx.owned.add_session(job_id)
         ctx.sessions.opened(job_id)
-    return status, doc, raw
+    return r
 
 
 async def _fetch_job(ctx: JobContext, job_id: str, sem: asyncio.Semaphore) -> Any:
     async with sem:
-        status, doc, _ = await ctx.client.call(
-            "GET", f"/jobs/{job_id}", params={"exclude_params": "true"}
-        )
-    if status != 200 or not isinstance(doc, dict):
+        r = await ctx.client.get_job(job_id, {"exclude_params": "true"})
+    if r.status != 200 or not isinstance(r.doc, dict):
         return None
-    await update_status(ctx, job_id, doc)
-    return ctx.backend.rewrite_job(doc)
+    await update_status(ctx, job_id, r.doc)
+    return shown(ctx, r.doc)
 
 
 def _matches(job: dict[str, Any], q: Any) -> bool:
@@ -365,43 +334,49 @@ def _own_job(request: web.Request) -> str:
 async def get_job(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     job_id = _own_job(request)
-    status, doc, raw = await ctx.client.call(
-        "GET", f"/jobs/{job_id}", params=allowed_query(request, "get_job"),
-        headers=fwd_headers(request),
-    )
-    if status != 200 or not isinstance(doc, dict):
-        return relay_small(status, raw)
-    await update_status(ctx, job_id, doc)
-    return json_response(200, ctx.backend.rewrite_job(doc))
+    r = await ctx.client.get_job(job_id, allowed_query(request, "get_job"))
+    if r.status != 200 or not isinstance(r.doc, dict):
+        return relay_small(r.status, r.raw)
+    await update_status(ctx, job_id, r.doc)
+    return json_response(200, shown(ctx, r.doc))
 
 
-async def job_passthrough(request: web.Request) -> web.StreamResponse:
+async def job_content(request: web.Request) -> web.StreamResponse:
+    """Results, logs and the job's other documents, streamed both ways."""
     ctx = ctx_of(request)
     job_id = _own_job(request)
-    suffix = request.match_info.get("what")
-    path = f"/jobs/{job_id}" + (f"/{suffix}" if suffix else "")
-    if request.method == "DELETE":
-        # Book its usage first: once deleted upstream its metrics are gone (usage.py).
-        seconds = await ctx.usage.ensure(job_id)
-        if seconds is None:
-            raise PolicyError(503, f"the usage of job {job_id} could not be recorded yet; "
-                                   "it is not deleted; retry shortly")
-        note(request, decisions={"usage_booked_seconds": seconds})
-    resp = await passthrough(request, path)
-    if request.method == "DELETE" and resp.status < 300:
+    what = request.match_info["what"]
+    if what == "metrics":
+        r = await ctx.client.job_metrics(job_id)
+        return relay_small(r.status, r.raw)
+    async with ctx.client.job_content(job_id, what, {}) as content:
+        return await relay_stream(request, content)
+
+
+async def delete_job(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    job_id = _own_job(request)
+    # Book its usage first: once deleted upstream its metrics are gone (usage.py).
+    seconds = await ctx.usage.ensure(job_id)
+    if seconds is None:
+        raise PolicyError(503, f"the usage of job {job_id} could not be recorded yet; "
+                               "it is not deleted; retry shortly")
+    note(request, decisions={"usage_booked_seconds": seconds})
+    r = await ctx.client.delete_job(job_id)
+    if r.ok:
         await ctx.lanes.finished(job_id)
-    return resp
+    return relay_reply(r)
 
 
 async def cancel_job(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     job_id = _own_job(request)
-    status, _, raw = await ctx.client.call("POST", f"/jobs/{job_id}/cancel")
-    if status < 300:
+    r = await ctx.client.cancel_job(job_id)
+    if r.status < 300:
         ctx.owned.jobs[job_id] = "Cancelled"
         await ctx.lanes.finished(job_id)
-    return web.Response(status=status, body=raw or None,
-                        content_type="application/json" if raw else None)
+        ctx.usage.cancelled(job_id, ctx.config.proxy.status_poll_seconds)
+    return relay_reply(r)
 
 
 async def job_tags(request: web.Request) -> web.StreamResponse:
@@ -409,10 +384,8 @@ async def job_tags(request: web.Request) -> web.StreamResponse:
     job_id = _own_job(request)
     async with body_budget(request):
         body = await read_json(request)
-    body = {"tags": merge_tags(body.get("tags"), ctx.tags)}
-    status, _, raw = await ctx.client.call("PUT", f"/jobs/{job_id}/tags", body=body)
-    return web.Response(status=status, body=raw or None,
-                        content_type="application/json" if raw else None)
+    return relay_reply(await ctx.client.job_tags(job_id, tag_policy.merge_tags(body.get("tags"),
+                                                                   ctx.tags)))
 
 
 # --- sessions ---------------------------------------------------------------------------
@@ -426,16 +399,16 @@ async def create_session(request: web.Request) -> web.StreamResponse:
     body["instance"] = ctx.upstream.instance
     decisions = ctx.sessions.check_new(body)
     decisions.update(ctx.timelimit.rewrite_session(body))
-    status, doc, raw = await ctx.client.call("POST", "/sessions", body=body)
-    sid = doc.get("id") if isinstance(doc, dict) else None
-    if status not in (200, 201) or not isinstance(sid, str):
+    r = await ctx.client.create_session(body)
+    sid = r.doc.get("id") if isinstance(r.doc, dict) else None
+    if r.status not in (200, 201) or not isinstance(sid, str):
         note(request, decisions=decisions)
-        return relay_small(status, raw)
+        return relay_small(r.status, r.raw)
     ctx.ledger.append("session", sid)
     ctx.owned.add_session(sid)
     ctx.sessions.opened(sid)
     note(request, upstream_session=sid, decisions=decisions)
-    return json_response(status, ctx.backend.rewrite_job(doc))
+    return json_response(r.status, ctx.backend.rewrite_job(r.doc))
 
 
 def _own_session(request: web.Request) -> str:
@@ -448,18 +421,19 @@ def _own_session(request: web.Request) -> str:
 async def get_session(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     sid = _own_session(request)
-    status, doc, raw = await ctx.client.call("GET", f"/sessions/{sid}")
-    if status != 200 or not isinstance(doc, dict):
-        return relay_small(status, raw)
-    return json_response(200, ctx.backend.rewrite_job(doc))
+    r = await ctx.client.get_session(sid)
+    if r.status != 200 or not isinstance(r.doc, dict):
+        return relay_small(r.status, r.raw)
+    return json_response(200, ctx.backend.rewrite_job(r.doc))
 
 
 async def close_session(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
     sid = _own_session(request)
-    resp = await passthrough(request, f"/sessions/{sid}/close")
-    if resp.status < 300:
-        ctx_of(request).sessions.closed(sid)
-    return resp
+    r = await ctx.client.close_session(sid)
+    if r.ok:
+        ctx.sessions.closed(sid)
+    return relay_reply(r)
 
 
 async def update_session(request: web.Request) -> web.StreamResponse:
@@ -474,19 +448,20 @@ async def update_session(request: web.Request) -> web.StreamResponse:
         decisions = ctx.timelimit.rewrite_session(body)
     if body.get("accepting_jobs") is True and sid not in ctx.sessions.open:
         ctx.sessions.check_new({})
-    status, _, raw = await ctx.client.call("PATCH", f"/sessions/{sid}", body=body)
-    if status < 300 and "accepting_jobs" in body:
+    r = await ctx.client.update_session(sid, body)
+    if r.ok and "accepting_jobs" in body:
         (ctx.sessions.opened if body["accepting_jobs"] else ctx.sessions.closed)(sid)
     note(request, decisions=decisions or None)
-    return web.Response(status=status, body=raw or None,
-                        content_type="application/json" if raw else None)
+    return relay_reply(r)
 
 
 # --- instance-level ---------------------------------------------------------------------
 
 
 async def usage(request: web.Request) -> web.StreamResponse:
-    return await passthrough(request, "/instances/usage", "usage")
+    allowed_query(request, "usage")  # nothing of the query goes upstream (noted if sent)
+    r = await ctx_of(request).client.instance_usage()
+    return relay_small(r.status, r.raw)
 
 
 def _workload(job: dict[str, Any]) -> dict[str, Any]:
