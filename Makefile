@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: install test test-unit demo bench lint plugin deb clean
+.PHONY: install test test-unit demo bench lint plugin deb rpm clean
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
@@ -17,6 +17,12 @@ DEB_OUT ?= build/deb
 SPANK_INCLUDES ?= /usr/include
 deb:
 	packaging/deb/build $(DEB_OUT) $(SPANK_INCLUDES)
+
+# RPM packages for RHEL-family centres into RPM_OUT (packaging/rpm/build, Debian's rpmbuild):
+# qproxy (noarch) and qproxy-spank-V-1.slMAJMIN per SPANK_INCLUDES, pyxis' convention
+RPM_OUT ?= build/rpm
+rpm:
+	packaging/rpm/build $(RPM_OUT) $(SPANK_INCLUDES)
 
 # Local single-node Slurm + emulator, then the three user flows in examples/ (needs root).
 demo: install

@@ -10,6 +10,15 @@ ends; qproxy.node.metricsstore), gauges over
 the live proxies only; ``qproxy_proxies_alive`` counts those. The output names no job and no
 user, so it may be world-readable (node_exporter runs as its own user).
 
+Besides the proxies' figures, every write adds what the node's files say without asking
+Slurm (``node_gauges``): ``qproxy_reapable{what}`` (the inconsistencies ``qproxy status``
+lists that the reaper would clean or that need an admin: a lease without a job, a record
+without a process, a process without a record, a proxy alive 10 min past its job's Slurm end
+time) and ``qproxy_usage_unbooked_total{resource}`` at 0 until an epilog could not book a
+run's usage (qproxy.node.metricsstore.unbooked). ``--devices`` adds ``qproxy_device_up``:
+each resource's device asked through its upstream (one status request per resource and
+write; run it on one node, the monitor's).
+
 Retiring, folding and reading hold ``{state_dir}/metrics.lock`` (exclusively), so a scrape
 never sees an ended proxy's figures twice or not at all.
 
@@ -42,7 +51,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qproxy import config as cfg
 from qproxy.files import atomic_write
-from qproxy.node.metricsstore import FOLDED_MARK, LIVE_FILE, RETIRED_FILE, locked, pending_files
+from qproxy.node.metricsstore import (
+    FOLDED_MARK,
+    LIVE_FILE,
+    RETIRED_FILE,
+    UNBOOKED,
+    locked,
+    pending_files,
+)
 from qproxy.node.process import alive
 
 # Gauges that describe the present: taken from live proxies only, 0 for an idle resource.
@@ -50,6 +66,15 @@ PRESENT = {"qproxy_lanes_allocated": "QPU lanes the running Slurm jobs hold",
            "qproxy_lanes_busy": "lanes with an upstream job queued or running (or being "
                                 "submitted)",
            "qproxy_proxies_alive": "job proxies running on this node"}
+NODE = {"qproxy_reapable": "inconsistent QPU state on this node by kind (what): what qproxy "
+                           "status lists as a problem, seen from the node's files alone",
+        "qproxy_device_up": "1 when the resource's device accepts jobs (its upstream's "
+                            "status), 0 when it is down or unreachable"}
+REAPABLE = ("lease_without_job", "record_without_process", "process_without_record",
+            "past_end_time")
+# a proxy this long past its job's Slurm end time outlived the job (Slurm kills a job at its
+# limit plus KillWait, 30 s by default; then the epilog stops the proxy)
+PAST_END_SECONDS = 600.0
 
 
 def _read(path: Path) -> str:
@@ -90,10 +115,18 @@ class Merged:
                 values[key] = values.get(key, 0.0) + s.value
 
     def set_gauge(self, name: str, labels: dict[str, str], value: float) -> None:
-        self.families.setdefault(name, Metric(name, PRESENT.get(name, ""), "gauge"))
+        self.families.setdefault(name, Metric(name, PRESENT.get(name) or NODE.get(name, ""),
+                                              "gauge"))
         values = self.values.setdefault(name, {})
         key = (name, tuple(sorted(labels.items())))
         values[key] = values.get(key, 0.0) + value
+
+    def zero_counter(self, family: str, labels: dict[str, str]) -> None:
+        """The counter's sample at 0 unless a file added one (a counter that never rose
+        still answers a query)."""
+        self.families.setdefault(family, Metric(family, UNBOOKED.get(family, ""), "counter"))
+        key = (family + "_total", tuple(sorted(labels.items())))
+        self.values.setdefault(family, {}).setdefault(key, 0.0)
 
     def metrics(self, kinds: Iterable[str] | None = None) -> list[Metric]:
         out = []
@@ -147,13 +180,54 @@ def _proxy_pid(job_dir: Path) -> tuple[int, str] | None:
         return None
 
 
-def collect(conf: cfg.Config) -> Merged:
-    """The node's merged metrics (see the module's docstring)."""
+def node_gauges(conf: cfg.Config, now: float | None = None) -> dict[str, int]:
+    """``qproxy_reapable``'s values: qproxy status' problems that need no Slurm answer, found
+    by the same reads (lease.peek, the record's pid checked as this job's proxy,
+    reap.orphan_proxies). Whether Slurm still runs a job is the reaper's question (every
+    5 min); here a proxy PAST_END_SECONDS past its job's end time stands for it."""
+    from qproxy.node.process import is_our_proxy
+    from qproxy.slurm import lease
+    from qproxy.slurm.reap import orphan_proxies
+    from qproxy.slurm.state import JobState, job_dirs
+
+    now = time.time() if now is None else now
+    found = dict.fromkeys(REAPABLE, 0)
+    dirs = set(job_dirs(conf))
+    for held in lease.peek(conf).values():
+        found["lease_without_job"] += sum(1 for job in held if job not in dirs)
+    for job_id in sorted(dirs):
+        rec = JobState.of(conf, job_id).read_record()
+        if rec is None:
+            continue
+        if not (is_our_proxy(rec.pid, job_id, rec.spare) and alive(rec.pid)):
+            found["record_without_process"] += 1
+        elif rec.end_time and now > rec.end_time + PAST_END_SECONDS:
+            found["past_end_time"] += 1
+    found["process_without_record"] = len(orphan_proxies(conf))
+    return found
+
+
+def device_gauges(conf: cfg.Config, timeout: float) -> dict[str, int]:
+    """resource -> 1 (online) / 0 (offline, reserved for others, unreachable), each device
+    asked through its upstream with the centre's credential (qproxy.admin.devices)."""
+    from qproxy.admin.devices import probe
+
+    return {d.resource: int(d.online) for d in probe(conf, timeout)}
+
+
+def collect(conf: cfg.Config, devices: float | None = None) -> Merged:
+    """The node's merged metrics (see the module's docstring); ``devices``: ask each
+    device's status with this timeout (seconds)."""
     merged = Merged()
     state = conf.state_dir
     for name in sorted(conf.resources):  # an idle resource shows 0, not nothing
         for gauge in PRESENT:
             merged.set_gauge(gauge, {"resource": name}, 0.0)
+    for what, n in node_gauges(conf).items():
+        merged.set_gauge("qproxy_reapable", {"what": what}, float(n))
+    if devices is not None:
+        for name, up in sorted(device_gauges(conf, devices).items()):
+            merged.set_gauge("qproxy_device_up", {"resource": name}, float(up))
     with locked(state):
         fold(state)
         merged.add(_read(state / RETIRED_FILE), gauges=False)
@@ -170,6 +244,9 @@ def collect(conf: cfg.Config) -> Merged:
             merged.add(text, gauges=running)  # a dead proxy's gauges describe nothing
             if running and rec is not None and rec[1]:
                 merged.set_gauge("qproxy_proxies_alive", {"resource": rec[1]}, 1.0)
+    for name in sorted(conf.resources):  # 0 until an epilog could not book a run's usage
+        for counter in UNBOOKED:
+            merged.zero_counter(counter, {"resource": name})
     return merged
 
 
@@ -239,7 +316,7 @@ def _bounded_server(host: str, port: int, handler: Any) -> Any:
     return Bounded()
 
 
-def _serve(conf: cfg.Config, listen: str) -> int:
+def _serve(conf: cfg.Config, listen: str, devices: float | None) -> int:
     from prometheus_client.exposition import MetricsHandler
 
     host, _, port = listen.rpartition(":")
@@ -251,7 +328,7 @@ def _serve(conf: cfg.Config, listen: str) -> int:
 
     class _Live:
         def collect(self) -> list[Metric]:
-            return collect(conf).metrics()
+            return collect(conf, devices).metrics()
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Live())
@@ -278,16 +355,22 @@ def main(argv: list[str]) -> int:
     p.add_argument("--every", type=float, default=0.0,
                    help="with --textfile: rewrite it every this many seconds (0: once)")
     p.add_argument("--listen", help="serve /metrics on this loopback HOST:PORT instead")
+    p.add_argument("--devices", action="store_true",
+                   help="add qproxy_device_up: ask each resource's device through its "
+                   "upstream at every write (one node is enough: the monitor's)")
+    p.add_argument("--device-timeout", type=float, default=10.0,
+                   help="seconds per device status request (default 10)")
     args = p.parse_args(argv)
     try:
         conf = cfg.load(args.config)
     except cfg.ConfigError as exc:
         print(f"qproxy metrics: {exc}", file=sys.stderr)
         return 2
+    devices = args.device_timeout if args.devices else None
     if args.listen:
-        return _serve(conf, args.listen)
+        return _serve(conf, args.listen, devices)
     while True:
-        text = collect(conf).text()
+        text = collect(conf, devices).text()
         if args.textfile is None:
             sys.stdout.buffer.write(text)
             return 0

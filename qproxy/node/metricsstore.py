@@ -49,6 +49,27 @@ def retire(state_dir: Path, job_dir: Path) -> bool:
     return True
 
 
+# A counter the epilog adds to the node's totals (a retired file of its own, folded like a
+# proxy's): runs whose usage it could not book completely.
+UNBOOKED = {"qproxy_usage_unbooked": "job runs whose QPU usage the epilog or reaper could not "
+                                     "book completely (proxy cleanup timed out or failed, or "
+                                     "usage.jsonl could not be written)"}
+
+
+def unbooked(state_dir: Path, job_id: str, resource: str) -> None:
+    """Count one run of RESOURCE whose usage was not booked completely: a file of one
+    counter sample into the pending directory (the next ``qproxy metrics`` folds it)."""
+    name = next(iter(UNBOOKED))
+    text = (f"# HELP {name}_total {UNBOOKED[name]}\n# TYPE {name}_total counter\n"
+            f'{name}_total{{resource="{resource}"}} 1.0\n')
+    pending = state_dir / PENDING_DIR
+    with locked(state_dir):
+        pending.mkdir(mode=0o700, exist_ok=True)
+        tmp = pending / f".{job_id}-{time.time_ns()}.unbooked"
+        tmp.write_text(text)
+        os.replace(tmp, pending / f"{job_id}-{time.time_ns()}-unbooked.prom")
+
+
 def pending_files(state_dir: Path) -> list[Path]:
     try:
         return sorted((state_dir / PENDING_DIR).glob("*.prom"))

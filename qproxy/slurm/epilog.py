@@ -106,19 +106,31 @@ def finish(config: Config, job_id: str, reason: str) -> UsageRecord:
         except Exception:
             log.exception("job %s: finishing the audit log failed", job_id)
             usage = replace(usage, usage=line)
+        # booked completely: every upstream job's figure read and the line written (else
+        # qproxy_usage_unbooked_total counts the run: an alert, docs/operations.md)
+        booked = summary.error is None and summary.cleanup != "incomplete"
         try:
             ensure_private_dir(config.audit_dir)
             usagelog.append(config.audit_dir / usagelog.FILE_NAME, usage, _usage_key(config))
         except OSError:
             log.exception("job %s: writing usage.jsonl failed", job_id)
+            booked = False
         log.info("job %s: %s (%s, proxy %s)", job_id, line, reason, stopped)
         # where admins look (sacct -o AdminComment); a relay's line (no upstream usage of its
         # own) must not overwrite the primary's
         if config.accounting.admin_comment and not relay:
             from qproxy.slurmcli.admincomment import book_admin_comment
 
-            book_admin_comment(job_id, line, config.accounting.sacctmgr_timeout_seconds,
-                               str(config.state_dir / "hooks.log"))
+            booked = book_admin_comment(
+                job_id, line, config.accounting.sacctmgr_timeout_seconds,
+                str(config.state_dir / "hooks.log")) and booked
+        if not booked:
+            try:
+                from qproxy.node.metricsstore import unbooked
+
+                unbooked(config.state_dir, job_id, resource)
+            except OSError:
+                log.exception("job %s: counting its unbooked usage failed", job_id)
     try:  # keep the proxy's log next to the audit log; the job dir (token!) goes away
         if job.proxy_log.exists():
             ensure_private_dir(config.audit_dir)

@@ -18,10 +18,11 @@ from scripts.localcluster.system import apt_install
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "packaging" / "deb" / "build"
 # packaging/deb/debian/control's Build-Depends plus lintian and the host's spank.h
-# and the Prometheus and node_exporter test_prometheus.py runs (Debian's)
+# and the Prometheus and node_exporter test_prometheus.py runs (Debian's; promtool comes with
+# prometheus), and rpmbuild for `make rpm` (test_rpm.py)
 BUILD_TOOLS = ["dpkg-dev", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-all",
                "python3-setuptools", "python3-wheel", "lintian", "libslurm-dev",
-               "prometheus", "prometheus-node-exporter"]
+               "prometheus", "prometheus-node-exporter", "rpm"]
 # .debs downloaded into a test root, kept between runs (Debian's archive is the only source)
 APT_CACHE = Path("/var/cache/qproxy/deb-test-apt")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.debroot import Root, build, chroot_of, ensure_build_tools, overlay_root
+from tests.packages.debroot import Root, build, chroot_of, ensure_build_tools, overlay_root
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +79,11 @@ def test_build_is_reproducible_and_pins_the_slurm_release(
     assert "slurm-wlm-basic-plugins (>= 24.12~)" in fields["Breaks"]
     assert f"qproxy (= {VERSION})" in fields["Depends"]
     assert "python3-aiohttp" in dpkg_fields(v1["qproxy"])["Depends"]
+    listing = subprocess.run(["dpkg-deb", "-c", str(v1["qproxy"])], capture_output=True,
+                             text=True, check=True).stdout
+    for shipped in ("./usr/share/qproxy/prometheus/qproxy-alerts.yml",
+                    "./usr/share/qproxy/grafana/qproxy.json"):
+        assert shipped in listing, listing
 
 
 def dpkg_fields(deb: Path) -> dict[str, str]:
