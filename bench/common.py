@@ -143,6 +143,11 @@ class Proxy:
 
 
 def write_config(workdir: Path, emu: Emulator, lanes: int = 2, **proxy: Any) -> Path:
+    """The node's config; a random cluster key beside it (relays: ``relay()``)."""
+    cluster_key = workdir / "cluster.key"
+    if not cluster_key.exists():
+        cluster_key.write_bytes(secrets.token_bytes(48))
+        cluster_key.chmod(0o600)
     secrets_file = workdir / "secrets.toml"
     secrets_file.write_text(f'[secrets]\nemulator = "{emu.api_key}"\n')
     secrets_file.chmod(0o600)
@@ -154,6 +159,7 @@ state_dir = "{workdir}/state"
 audit_dir = "{workdir}/audit"
 secrets_file = "{secrets_file}"
 secrets_key_file = "{workdir}/secrets.key"
+cluster_key_file = "{cluster_key}"
 
 [proxy]
 {proxy_lines}
@@ -174,7 +180,8 @@ lanes = {lanes}
 
 @contextmanager
 def proxy(cfg: Path, workdir: Path, job_id: str = "1", lanes: int = 2,
-          extra_env: dict[str, str] | None = None) -> Iterator[Proxy]:
+          extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+          ) -> Iterator[Proxy]:
     jobdir = Path(tempfile.mkdtemp(prefix=f"job{job_id}-", dir=workdir))
     env_file = jobdir / "env"
     t0 = time.perf_counter()
@@ -183,7 +190,7 @@ def proxy(cfg: Path, workdir: Path, job_id: str = "1", lanes: int = 2,
             [sys.executable, "-m", "qproxy", "serve", "--config", str(cfg), "--job-id", job_id,
              "--user", "bench", "--backend", "ibm_fez", "--lanes", str(lanes),
              "--end-time", str(int(time.time()) + 3600), "--env-file", str(env_file),
-             "--audit-log", str(jobdir / "audit.jsonl")],
+             "--audit-log", str(jobdir / "audit.jsonl"), *args],
             stdout=subprocess.DEVNULL, stderr=log,
             env={**os.environ, **(extra_env or {})},
         )
@@ -197,3 +204,17 @@ def proxy(cfg: Path, workdir: Path, job_id: str = "1", lanes: int = 2,
         yield Proxy(url, env, proc, ready, jobdir)
     finally:
         stop(proc)
+
+
+@contextmanager
+def relay(cfg: Path, workdir: Path, job_id: str = "1", lanes: int = 2) -> Iterator[Proxy]:
+    """A multi-node job's proxy on a node but its first (``qproxy serve --relay-to``) in
+    front of the job's primary (``--relay-listen``), both on this host: what a job on the
+    other node talks to. Yields the relay."""
+    from qproxy.proxy.relay.auth import RELAY_PORT_ENV
+
+    with proxy(cfg, workdir, job_id, lanes, args=("--relay-listen", "127.0.0.1")) as primary:
+        target = f"127.0.0.1:{primary.env[RELAY_PORT_ENV]}"
+        with proxy(cfg, workdir, job_id, lanes, args=("--relay-to", target,
+                                                      "--node", "node2")) as px:
+            yield px

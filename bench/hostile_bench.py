@@ -5,6 +5,10 @@
 - the proxy's peak RSS under 100 parallel max-size submissions (baseline: one submission);
 - the job's p99 latency while a neighbour (uid nobody) holds many slow connections and
   reopens them as they are closed, against the quiet p99, in alternating rounds.
+The first and the last also against a multi-node job's relay (``qproxy serve --relay-to``
+in front of the job's primary, both on this host; issue 24: the relay had none of the job
+port's controls). And the job's own authenticated 404s with ever new 8 KB ids: audit bytes
+per request (issue 24 item 6: ~1.9 KB each before repeated errors were summarised).
 Every loop is bounded by count and time.
 """
 
@@ -15,6 +19,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +72,13 @@ def _bearer(px: common.Proxy) -> dict[str, str]:
     return {"Authorization": "Bearer " + r.json()["access_token"]}
 
 
-def audit_bytes(cfg: Path, work: Path, n: int, seconds: float) -> dict[str, Any]:
-    with common.proxy(cfg, work, job_id="91") as px:
+Serve = Callable[..., AbstractContextManager[common.Proxy]]
+TARGETS: dict[str, Serve] = {"": common.proxy, " (relay)": common.relay}
+
+
+def audit_bytes(cfg: Path, work: Path, n: int, seconds: float,
+                where: str = "") -> dict[str, Any]:
+    with TARGETS[where](cfg, work, job_id="91") as px:
         h = _bearer(px)
         api = px.url + "/api/v1"
         s = requests.Session()
@@ -86,10 +97,36 @@ def audit_bytes(cfg: Path, work: Path, n: int, seconds: float) -> dict[str, Any]
     one_auth = next(len(raw) + 1 for raw, r in zip(lines, recs, strict=True)
                     if r["event"] == "request")
     per = unauth / max(1, counted)
-    return {"bench": "9. audit bytes / unauth request", "requests": counted,
+    return {"bench": f"9. audit bytes / unauth request{where}", "requests": counted,
             "baseline_auth_record_bytes": one_auth, "subject_bytes_per_request": round(per, 2),
             "ratio": round(per / one_auth, 4), "target": "<= 200 bytes amortised",
             "ok": per <= 200 and counted >= done}
+
+
+def own_404_bytes(cfg: Path, work: Path, n: int, seconds: float) -> dict[str, Any]:
+    """The job's own authenticated GETs of jobs with ever new 8 KB ids (404 each): audit
+    bytes per request with the log's closing records, against one record in full."""
+    with common.proxy(cfg, work, job_id="94") as px:
+        h = _bearer(px)
+        s = requests.Session()
+        t0, done = time.monotonic(), 0
+        while done < n and time.monotonic() - t0 < seconds:
+            r = s.get(f"{px.url}/api/v1/jobs/{done:08d}{'x' * 8000}", headers=h, timeout=30)
+            if r.status_code != 404:
+                raise RuntimeError(f"unexpected status {r.status_code}")
+            done += 1
+        audit = px.workdir / "audit.jsonl"
+    lines = audit.read_bytes().splitlines()
+    recs = [json.loads(x) for x in lines]
+    first = next(len(raw) + 1 for raw, r in zip(lines, recs, strict=True)
+                 if r["event"] == "request" and r["status"] == 404)
+    spent = sum(len(raw) + 1 for raw, r in zip(lines, recs, strict=True)
+                if r["event"] in ("request", "repeated") and r.get("status", 404) == 404)
+    per = spent / max(1, done)
+    return {"bench": "9. audit bytes / own 404, 8 KB path", "requests": done,
+            "baseline_record_bytes": first, "subject_bytes_per_request": round(per, 2),
+            "ratio": round(per / first, 4), "target": "<= 200 bytes amortised",
+            "ok": per <= 200}
 
 
 def peak_rss(cfg: Path, work: Path, body_bytes: int, parallel: int) -> dict[str, Any]:
@@ -124,8 +161,8 @@ def peak_rss(cfg: Path, work: Path, body_bytes: int, parallel: int) -> dict[str,
 
 
 def victim_p99(cfg: Path, work: Path, rounds: int, n: int, conns: int,
-               seconds: float) -> dict[str, Any]:
-    with common.proxy(cfg, work, job_id="93") as px:
+               seconds: float, where: str = "") -> dict[str, Any]:
+    with TARGETS[where](cfg, work, job_id="93") as px:
         h = _bearer(px)
         port = int(px.url.rsplit(":", 1)[1])
         s = requests.Session()
@@ -160,7 +197,7 @@ def victim_p99(cfg: Path, work: Path, rounds: int, n: int, conns: int,
 
         common.alternate(lambda: measure(quiet), attacked, rounds)
     q99, l99 = common.percentile(quiet, 99), common.percentile(loud, 99)
-    return {"bench": f"9. victim p99, neighbour {conns} conns",
+    return {"bench": f"9. victim p99, neighbour {conns} conns{where}",
             "baseline_p99_ms": round(q99, 2), "subject_p99_ms": round(l99, 2),
             "neighbour_connections_opened": sum(opened),
             "ratio": round(l99 / q99, 3), "target": "p99 <= 2x quiet", "ok": l99 <= 2 * q99}
@@ -171,8 +208,12 @@ def run(work: Path, quick: bool) -> list[dict[str, Any]]:
     with common.emulator(work, "--backends", "fake_fez", "--lanes", "1") as emu:
         cfg = common.write_config(work, emu, lanes=1, unauth_summary_seconds=5,
                                   max_request_bytes=8 << 20, inflight_bytes=24 << 20)
-        rows.append(audit_bytes(cfg, work, 2000 if quick else 6000, 15 if quick else 40))
+        for where in TARGETS:
+            rows.append(audit_bytes(cfg, work, 2000 if quick else 6000, 15 if quick else 40,
+                                    where))
+        rows.append(own_404_bytes(cfg, work, 1000 if quick else 3000, 15 if quick else 40))
         rows.append(peak_rss(cfg, work, (8 << 20) - 4096, 100))
-        rows.append(victim_p99(cfg, work, 2 if quick else 4, 100 if quick else 300, 200,
-                               6 if quick else 12))
+        for where in TARGETS:
+            rows.append(victim_p99(cfg, work, 2 if quick else 4, 100 if quick else 300, 200,
+                                   6 if quick else 12, where))
     return rows

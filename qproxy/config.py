@@ -171,6 +171,17 @@ class ProxySettings:
     # only once its size fits (a submission also takes its lane first). Must be at least
     # max_request_bytes (load() checks).
     inflight_bytes: int = field(default=128 * 1024 * 1024, metadata=_POSITIVE)
+    # --- the node's audit space (qproxy/node/auditbudget.py, docs/security.md) ---
+    # What the audit logs of all jobs on a node may hold in audit_dir, and one user's logs
+    # of them (bytes; 0 = no such limit): past a user's share that user's jobs get 503, other
+    # users keep node - user. Must be at least audit_max_bytes (load() checks). Archiving
+    # logs frees the space (the ledger is rebuilt from audit_dir before a refusal).
+    audit_node_max_bytes: int = field(default=4 << 30, metadata=_NOT_NEGATIVE)
+    audit_user_max_bytes: int = field(default=1 << 30, metadata=_NOT_NEGATIVE)
+    # A run of error records of the same shape (status, method, route) within this many
+    # seconds is written as its first record plus one ``repeated`` record (count, last).
+    # 0 = every record in full.
+    audit_repeat_seconds: float = field(default=10.0, metadata=_NOT_NEGATIVE)
 
 
 # The vendor APIs an upstream may speak; UPSTREAM_KINDS (after the settings classes) gives
@@ -430,6 +441,21 @@ def _build(cls: type[_T], where: str, value: Any, problems: list[str], **fixed: 
     return cls(**fixed, **values) if len(problems) == before else None
 
 
+def audit_space_problems(table: Mapping[str, Any]) -> list[str]:
+    """The audit limits of a [proxy] table that are set (not 0) must nest: a job's cap within
+    its user's share within the node's budget. Read from the raw table (defaults for what it
+    omits), so that this is reported along with the table's other problems; a value that is
+    not a valid size is reported by its own check."""
+    names = ("audit_max_bytes", "audit_user_max_bytes", "audit_node_max_bytes")
+    limits = [(n, table.get(n, getattr(ProxySettings, n))) for n in names]
+    if not all(_is_int(v) and v >= 0 for _, v in limits):
+        return []
+    limits = [(n, v) for n, v in limits if v]
+    return [f"[proxy].{small} ({low}) must be at most {big} ({high})"
+            for (small, low), (big, high) in zip(limits, limits[1:], strict=False)
+            if low > high]
+
+
 def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
     """Read and validate the admin config; raise one ConfigError listing every problem."""
     path = Path(path)
@@ -468,6 +494,8 @@ def load(path: str | Path = DEFAULT_CONFIG_PATH) -> Config:
     if proxy is not None and proxy.inflight_bytes < proxy.max_request_bytes:
         problems.append(f"[proxy].inflight_bytes ({proxy.inflight_bytes}) must be at least "
                         f"max_request_bytes ({proxy.max_request_bytes})")
+    if isinstance(data.get("proxy"), dict):
+        problems += audit_space_problems(data["proxy"])
 
     upstream_tables = section("upstreams")
     upstreams: dict[str, UpstreamSettings] = {}

@@ -2,6 +2,9 @@
 [--allow-open]`: check an audit log's HMAC chain and that it ends with a final record.
 `qproxy audit verify-usage [FILE] [--config C | --key-file K]`: check usage.jsonl's chain
 (default: the one in ``[paths].audit_dir``) and that it agrees with the audit logs beside it.
+`qproxy audit space --config C [--rescan]`: this node's audit space, per user held and the
+share left (the ledger of qproxy.node.auditbudget; ``--rescan`` rebuilds it from audit_dir
+first, e.g. after archiving logs).
 
 The key comes from ``--key-file``, else ``[paths].audit_key_file`` of ``--config``, else the
 key file the log's first record names -- accepted only if it is a root-owned 0600 file (a
@@ -53,7 +56,12 @@ def main(argv: list[str]) -> int:
     for p in (v, u):
         p.add_argument("--key-file", type=Path, help="the audit HMAC key")
         p.add_argument("--config", type=Path, help="admin config naming [paths].audit_key_file")
+    sp = sub.add_parser("space", help="this node's audit space per user")
+    sp.add_argument("--config", type=Path, default=None)
+    sp.add_argument("--rescan", action="store_true", help="rebuild the ledger from audit_dir")
     args = parser.parse_args(argv)
+    if args.cmd == "space":
+        return _space(args.config, args.rescan)
     try:
         key, audit_dir = _key(args)
     except ValueError as exc:
@@ -91,4 +99,30 @@ def _verify_usage(path: Path | None, key: bytes | None) -> int:
     if problems:
         return 1
     print(f"{path}: ok: {count} usage lines, HMAC chain, each matches its audit log")
+    return 0
+
+
+def _space(config: Path | None, rescan: bool) -> int:
+    from qproxy.config import DEFAULT_CONFIG_PATH, ConfigError, load
+    from qproxy.node.auditbudget import NODE, NodeBudget
+
+    try:
+        conf = load(config or DEFAULT_CONFIG_PATH)
+    except ConfigError as exc:
+        print(f"qproxy audit: {exc}", file=sys.stderr)
+        return 2
+    px = conf.proxy
+    budget = NodeBudget(conf.state_dir, conf.audit_dir, px.audit_node_max_bytes,
+                        px.audit_user_max_bytes)
+    led = budget.usage(rescan=rescan)
+    users: dict[str, int] = led["users"]
+
+    def limit(n: int) -> str:
+        return str(n) if n else "no limit"
+
+    print(f"node: {sum(users.values())} bytes held of {limit(budget.node_max)}; "
+          f"{len(led['writers'])} logs being written")
+    for user, held in sorted(users.items(), key=lambda kv: -kv[1]):
+        share = "" if user == NODE else f" of {limit(budget.user_max)}"
+        print(f"  {user or '(no user: usage.jsonl, proxy logs, other files)'}: {held}{share}")
     return 0

@@ -9,12 +9,17 @@ plugin that fails every job on the node, QPU or not: rebuild it on every Slurm u
 And no IBM ``spank_qrmi`` in the same plugstack (``include`` globs followed as slurmd does):
 it puts the vendor's API key into the job's environment, the one thing qproxy keeps out of
 jobs (QRMI jobs get the per-job token from qproxy under the same variable).
+And the audit space: a proxy refuses work it cannot audit, so whatever fills the audit
+filesystem stops every QPU job on the node. The node's audit budget (qproxy.node.auditbudget)
+bounds what the jobs write; only a filesystem of audit_dir's own (or quotas on the one it
+shares) bounds the other writers: a warning (``WRN``, exit status unchanged) otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import re
 import shutil
 import subprocess
@@ -186,6 +191,71 @@ def check_ports(conf: cfg.Config) -> list[tuple[bool, str]]:
     return out
 
 
+# Mount options under which a filesystem enforces quotas (ext4, XFS, tmpfs): users' files on
+# it cannot then take all of it.
+QUOTA_OPTIONS = frozenset({"quota", "usrquota", "grpquota", "prjquota", "usrjquota",
+                           "grpjquota", "uquota", "gquota", "pquota", "uqnoenforce"})
+Check = tuple[bool | None, str]  # None: a warning
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash are written as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_of(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")
+             ) -> tuple[str, str, str, set[str]] | None:
+    """(mount point, root within its filesystem, fstype, options) of the mount holding
+    ``path`` (or its nearest existing parent): the longest mount point above it."""
+    target = os.path.realpath(path)
+    best: tuple[str, str, str, set[str]] | None = None
+    for line in mountinfo.read_text().splitlines():
+        left, sep, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if not sep or len(f) < 6 or len(r) < 3:
+            continue
+        point = _unescape(f[4])
+        if target != point and not target.startswith(point.rstrip("/") + "/"):
+            continue
+        if best is None or len(point) >= len(best[0]):
+            best = (point, _unescape(f[3]), r[0], set(f[5].split(",")) | set(r[2].split(",")))
+    return best
+
+
+def check_audit_space(conf: cfg.Config,
+                      mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Check]:
+    """audit_dir on a filesystem of its own, or one with quotas; the node budget within it."""
+    d = conf.audit_dir
+    try:
+        found = mount_of(d, mountinfo)
+    except OSError as exc:
+        return [(None, f"audit_dir {d}: cannot read {mountinfo} ({exc.strerror})")]
+    if found is None:
+        return [(None, f"audit_dir {d}: no mount holds it in {mountinfo}")]
+    point, root, fstype, options = found
+    quotas = sorted(options & QUOTA_OPTIONS)
+    if point == os.path.realpath(d) and root == "/":
+        out: list[Check] = [(True, f"audit_dir {d}: a filesystem of its own ({fstype})")]
+    elif quotas:
+        out = [(True, f"audit_dir {d}: on {point} ({fstype}) with quotas "
+                      f"({','.join(quotas)}): check that no user's limit lets them fill it")]
+    else:
+        out = [(None, f"audit_dir {d}: shares the filesystem mounted at {point} ({fstype}) "
+                      "with other writers and it has no quotas: whatever fills it makes every "
+                      "job's proxy on this node answer 503; give audit_dir a filesystem of "
+                      "its own (or enable quotas there)")]
+    node_max = conf.proxy.audit_node_max_bytes
+    probe = next((p for p in (d, *d.parents) if p.exists()), None)
+    if node_max and probe is not None:
+        st = os.statvfs(probe)
+        size = st.f_blocks * st.f_frsize
+        if node_max > size:
+            out.append((None, f"[proxy].audit_node_max_bytes ({node_max}) is larger than "
+                              f"audit_dir's filesystem ({size} bytes): the budget cannot keep "
+                              "it from filling; lower it"))
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="qproxy doctor", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(cfg.DEFAULT_CONFIG_PATH))
@@ -194,9 +264,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--plugin", type=Path, action="append", default=[],
                    help="check this spank_qpu.so (instead of plugstack.conf's)")
     args = p.parse_args(argv)
-    results, conf = check_config(args.config)
+    checked, conf = check_config(args.config)
+    results: list[Check] = list(checked)
     if conf is not None:
-        results += check_files(conf) + check_ports(conf) + check_lanes(conf)
+        results += (check_files(conf) + check_ports(conf) + check_lanes(conf)
+                    + check_audit_space(conf))
     plugins = list(args.plugin)
     if not plugins:
         try:
@@ -208,5 +280,5 @@ def main(argv: list[str]) -> int:
     results += [check_plugin(so) for so in plugins]
     results += check_qrmi(args.plugstack)
     for ok, line in results:
-        print(f"{'ok ' if ok else 'BAD'} {line}")
-    return 0 if all(ok for ok, _ in results) else 1
+        print(f"{'WRN' if ok is None else 'ok ' if ok else 'BAD'} {line}")
+    return 0 if all(ok is not False for ok, _ in results) else 1

@@ -16,6 +16,20 @@ back to its last complete record) and raises :class:`AuditUnavailable` for the c
 refuse work it cannot audit. The framing records (start, summary, close, job_end) may use a
 small reserve above the cap so that a full log still ends properly.
 
+Repeated errors are cheap (issue 24 item 6: a job's own authenticated 404s with long paths
+were ~1.9 KB each, 64 MiB in ~10 s): a record passed with a ``repeat`` key (its shape, e.g.
+status + method + route) is written in full the first time; the same shape again within
+``repeat_seconds`` of that is only counted, and the run ends with one ``repeated`` record
+(``count``, ``first_seq``, the ``last`` record's fields and time) when its window is over,
+when more than ``MAX_RUNS`` shapes are open, or before the log's ``summary``/``close``. Both
+are ordinary chained records, so ``qproxy audit verify`` checks them as any other; what a
+crash loses is one open window's count (and the log has no ``close``, which verify reports).
+
+The node's audit space (``node/auditbudget.py``) is shared by all jobs of the node: with a
+``share``, every record's bytes are counted against its user's share, and an ordinary record
+that does not fit is refused like a failing disk (``AuditUnavailable``, 503 for the job's
+authenticated work; once per episode an ``audit_budget`` record says why).
+
 Callers must never pass tokens or secrets: records hold only ids, sizes, statuses and policy
 decisions.
 """
@@ -29,13 +43,16 @@ import secrets
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from qproxy.config import Config
 from qproxy.files import open_append
+from qproxy.node.auditbudget import NodeBudget, Share
 
 GENESIS = "0" * 64
 # A user controls paths, backend names, ids and messages built from them: an 8 KB path must
@@ -43,7 +60,12 @@ GENESIS = "0" * 64
 FIELD_MAX = 256
 # Room above the cap for the records that frame a log (summary, close, the epilog's job_end).
 RESERVE = 64 * 1024
-FRAMING = frozenset({"start", "summary", "close", "audit_full", "audit_gap", "job_end"})
+FRAMING = frozenset({"start", "summary", "close", "audit_full", "audit_gap", "job_end",
+                     "repeated", "audit_budget"})
+# Shapes of repeated records counted at once; each open one costs a ``repeated`` record of
+# at most ~2 KB at close, within RESERVE.
+MAX_RUNS = 16
+REPEAT_SECONDS = 10.0
 # How long after a failed write the log is tried again (a cleaned disk comes back).
 RETRY_SECONDS = 1.0
 KEY_BYTES = 32
@@ -145,6 +167,21 @@ def _head_and_tail(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | 
     return parse(first_line), last, size
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class _Run:
+    """Records of one shape counted since its first was written in full."""
+
+    first_seq: int
+    opened: float
+    count: int = 0
+    last: dict[str, Any] | None = None
+    last_time: str = ""
+
+
 class AuditLog:
     """One job's audit log. ``key``: the HMAC key (None: read the key file the log's first
     record names, if it is root's; else plain sha256). ``structured`` is accepted for older
@@ -153,7 +190,8 @@ class AuditLog:
 
     def __init__(self, path: Path, *, structured: bool = True, key: bytes | None = None,
                  key_file: Path | None = None, max_bytes: int = 0,
-                 clock: Callable[[], float] = time.monotonic, **context: Any) -> None:
+                 clock: Callable[[], float] = time.monotonic, share: Share | None = None,
+                 repeat_seconds: float = REPEAT_SECONDS, **context: Any) -> None:
         del structured
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +212,10 @@ class AuditLog:
         self._clock = clock
         self._wrote = False
         self._context = context
+        self._share = share
+        self._over_budget = False
+        self.repeat_seconds = repeat_seconds
+        self._runs: dict[str, _Run] = {}  # by shape, oldest opened first
         self._fd = open_append(path, nofollow=True)
 
     @property
@@ -198,13 +240,25 @@ class AuditLog:
             return f"this job's audit log cannot be written ({self.failed})"
         return None
 
-    def record(self, event: str, **fields: Any) -> None:
-        """Append one record; raise AuditUnavailable if it cannot be (full or failing)."""
+    def record(self, event: str, repeat: str | None = None, **fields: Any) -> None:
+        """Append one record; raise AuditUnavailable if it cannot be (full or failing).
+        ``repeat``: the record's shape; a record of a shape already written within
+        ``repeat_seconds`` is counted, not written (see the module's docstring)."""
         framing = event in FRAMING
+        if framing and event != "start":
+            self.flush_runs()
+        elif self._runs:
+            self._flush_expired()
         if not framing and (why := self.available()) is not None:
             if not self.full:
                 self.lost += 1
             raise AuditUnavailable(why)
+        if repeat is not None and self.repeat_seconds > 0 and (run := self._runs.get(repeat)):
+            run.count += 1
+            run.last, run.last_time = fields, _now()
+            return
+        if repeat is not None and self.repeat_seconds > 0 and len(self._runs) >= MAX_RUNS:
+            self._flush_run(next(iter(self._runs)))  # the oldest
         try:
             if self.lost:  # the disk is back: say how many records are missing first
                 self._write("audit_gap", {"lost_records": self.lost}, True)
@@ -214,10 +268,33 @@ class AuditLog:
             if not self.full:
                 self.lost += 1
             raise
+        if repeat is not None and self.repeat_seconds > 0:
+            self._runs[repeat] = _Run(self.seq - 1, self._clock())
+
+    def _flush_expired(self) -> None:
+        now = self._clock()
+        for shape in [k for k, r in self._runs.items() if now - r.opened >= self.repeat_seconds]:
+            self._flush_run(shape)
+
+    def _flush_run(self, shape: str) -> None:
+        run = self._runs.pop(shape)
+        if not run.count:
+            return
+        try:
+            self._write("repeated", {"shape": shape, "count": run.count,
+                                     "first_seq": run.first_seq, "last_time": run.last_time,
+                                     "last": bound(run.last or {}),
+                                     "window_seconds": self.repeat_seconds}, True)
+        except AuditUnavailable:
+            self.lost += run.count  # said in the next audit_gap record
+
+    def flush_runs(self) -> None:
+        """End every open run of repeated records (its ``repeated`` record)."""
+        for shape in list(self._runs):
+            self._flush_run(shape)
 
     def _write(self, event: str, fields: dict[str, Any], framing: bool) -> None:
-        rec: dict[str, Any] = {**self._context, **fields, "event": event,
-                               "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        rec: dict[str, Any] = {**self._context, **fields, "event": event, "time": _now(),
                                "seq": self.seq, "prev": self.head}
         rec["hash"] = record_hash(rec, self._key)
         line = canonical(rec) + b"\n"
@@ -227,6 +304,8 @@ class AuditLog:
             raise AuditUnavailable(self.available() or "audit log full")
         if framing and self.max_bytes and self.size + len(line) > self.max_bytes + RESERVE:
             raise AuditUnavailable("audit log reserve exhausted")
+        if self._share is not None:
+            self._take(len(line), framing)
         try:
             written = os.write(self._fd, line)
             if written != len(line):
@@ -239,6 +318,28 @@ class AuditLog:
         self.head = rec["hash"]
         self.failed = None
         self._wrote = True
+
+    def _take(self, n: int, framing: bool) -> None:
+        """Count ``n`` bytes against the user's share of the node's audit space (framing
+        records always fit: a log must be able to end); raise AuditUnavailable if not."""
+        assert self._share is not None
+        try:
+            ok = self._share.take(n, self.size, force=framing)
+        except OSError as exc:  # the ledger (state_dir) cannot be read or written
+            if framing:
+                return
+            why = f"audit budget ledger: {exc.strerror or exc}"
+        else:
+            if ok:
+                self._over_budget = False
+                return
+            why = self._share.why_not()
+        if not self._over_budget:
+            self._over_budget = True
+            self._write("audit_budget", {"reason": why}, True)
+        self.failed = why  # after that record, whose success would clear it
+        self._retry_at = self._clock() + RETRY_SECONDS
+        raise AuditUnavailable(why)
 
     def _undo(self, exc: OSError) -> None:
         """Cut a torn record off again so the chain stays intact for when the disk is back."""
@@ -253,6 +354,7 @@ class AuditLog:
         """The signed final record (if this writer wrote anything), then fsync and close."""
         if self._fd < 0:
             return
+        self.flush_runs()
         if self._wrote:
             try:
                 self._write("close", {"records": self.seq + 1, "lost_records": self.lost}, True)
@@ -264,6 +366,26 @@ class AuditLog:
             pass
         os.close(self._fd)
         self._fd = -1
+        if self._share is not None:
+            try:
+                self._share.close()
+            except OSError:
+                pass  # the ledger is rebuilt from audit_dir on its next rescan
+
+
+def open_job_log(conf: Config, path: Path, *, user: str, **context: Any) -> AuditLog:
+    """A job's audit log as its proxy (or relay) opens it: keyed (the key made on first
+    use), capped per job, repeated errors summarised, every byte counted against ``user``'s
+    share of the node's audit space."""
+    px = conf.proxy
+    share = None
+    if px.audit_node_max_bytes or px.audit_user_max_bytes:
+        budget = NodeBudget(conf.state_dir, conf.audit_dir, px.audit_node_max_bytes,
+                            px.audit_user_max_bytes)
+        share = Share(budget, user, path)
+    return AuditLog(path, key=load_key(conf.audit_key_file, create=True),
+                    key_file=conf.audit_key_file, max_bytes=px.audit_max_bytes, share=share,
+                    repeat_seconds=px.audit_repeat_seconds, user=user, **context)
 
 
 # ---------------------------------------------------------------------------- verification

@@ -7,7 +7,9 @@ had none of them).
   keepalive_requests), served by :func:`serve_guarded`;
 - unauthenticated requests counted per peer uid, summarised in one audit record per window,
   429 once the uid's bucket is empty (``policy/unauth.py``; :func:`refuse_unauthenticated`);
-- one keyed, capped audit record per authenticated request (``node/audit.py``);
+- one keyed, capped audit record per authenticated request (``node/audit.py``), counted
+  against its user's share of the node's audit space (``node/auditbudget.py``); a run of
+  error records of one shape (status, method, route) is its first record and a count;
 - authenticated work that cannot be audited refused with 503 in the API's error shape
   (``policy/audited.py``), never a 500 or a traceback.
 
@@ -107,6 +109,21 @@ async def conn_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         conn.finished()
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def error_shape(request: web.Request, status: int) -> str | None:
+    """What makes error records "the same" for the audit log's run summary: status, method
+    and matched route, never the path or ids (a job sending 404s with ever new long paths
+    wrote ~1.9 KB each); None for a success, which always gets its own record."""
+    if status < 400:
+        return None
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "-"
+    method = request.method if request.method in METHODS else "other"
+    return f"{status} {method} {route}"
+
+
 def write_audit(c: Controls, event: str, **fields: Any) -> None:
     """An audit record; a full or failing log is logged once, never an error for the job
     (authenticated work is refused up front while the log cannot take records)."""
@@ -169,7 +186,8 @@ def _audit_request(c: Controls, request: web.Request, resp: web.StreamResponse |
     fields = {**bound(extra), "method": request.method[:16], "path": bound(request.path)}
     if len(request.path) > 256:
         fields["path_len"] = len(request.path)
-    write_audit(c, "request", status=status, bytes_in=bytes_in, bytes_out=bytes_out,
+    write_audit(c, "request", repeat=error_shape(request, status), status=status,
+                bytes_in=bytes_in, bytes_out=bytes_out,
                 latency_ms=round((time.monotonic() - start) * 1000, 1), **fields)
 
 

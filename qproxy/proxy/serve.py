@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from qproxy import config as cfg
 from qproxy.clientenv import client_env
-from qproxy.node.audit import AuditLog, load_key
+from qproxy.node.audit import AuditLog, open_job_log
 from qproxy.node.envfile import remove_env_file, write_env_file
 from qproxy.node.ledger import read_ledger, read_usage
 from qproxy.proxy.auth import new_job_token
@@ -99,9 +99,7 @@ def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
     ledger_path = args.ledger_file or args.env_file.parent / "ledger.jsonl"
     jobs, sessions = read_ledger(ledger_path)  # a restarted proxy keeps its job's work
     audit_path = args.audit_log or conf.audit_dir / f"job-{args.job_id}.jsonl"
-    key = load_key(conf.audit_key_file, create=True)
-    audit = AuditLog(Path(audit_path), key=key, key_file=conf.audit_key_file,
-                     max_bytes=conf.proxy.audit_max_bytes, job_id=args.job_id, user=args.user)
+    audit = open_job_log(conf, Path(audit_path), job_id=args.job_id, user=args.user)
     return Prepared(resource, upstream, min(args.lanes, resource.lanes), credentials,
                     ledger_path,
                     jobs, sessions, audit, read_usage(ledger_path))

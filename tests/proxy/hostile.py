@@ -92,7 +92,8 @@ def attacker(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     """tests/support/attacker.py (what test_hostile_jobs runs in a neighbour's job) as nobody;
     the modules it needs are imported before the drop (the interpreter may live in a
     directory only root can enter)."""
-    code = ("import errno, json, os, runpy, socket, sys, time, pathlib\n" + _DROP
+    code = ("import errno, http.client, json, os, runpy, secrets, socket, sys, time, pathlib\n"
+            + _DROP
             + f"sys.argv = [{str(ATTACKER)!r}, *sys.argv[1:]]\n"
             + "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,

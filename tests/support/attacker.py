@@ -9,6 +9,10 @@ time; each command prints one JSON line with what it saw.
   exchange PORT TOKEN N GAP
                           N token exchanges with TOKEN, GAP seconds apart (a job's own token
                           traded from this uid: judged by the token, not by this uid's junk)
+  authflood PORT TOKEN N SECONDS KIND
+                          this job's own authenticated requests (its token traded for a JWT),
+                          keep-alive: KIND `404` GETs of jobs with ever new ~8 KB ids, `ok`
+                          GETs of the job list; stops 3 requests after the first 503
   hold PORT N SECONDS     open N connections, report accepted/refused, hold them SECONDS
                           (touches ./holding once they are open)
   bind PORT               try to listen on 127.0.0.1:PORT (a dead proxy's port)
@@ -21,8 +25,10 @@ time; each command prints one JSON line with what it saw.
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import os
+import secrets
 import socket
 import sys
 import time
@@ -107,6 +113,37 @@ def exchange(port: int, token: str, n: int, gap: float) -> dict[str, object]:
     return {"statuses": statuses}
 
 
+def authflood(port: int, token: str, n: int, seconds: float, kind: str) -> dict[str, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    form = f"grant_type=urn%3Aibm%3Aparams%3Aoauth%3Agrant-type%3Aapikey&apikey={token}"
+    conn.request("POST", "/identity/token", form,
+                 {"Content-Type": "application/x-www-form-urlencoded"})
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    t0 = time.monotonic()
+    if r.status != 200:  # the exchange is authenticated work too: 503 when it cannot be audited
+        return {"sent": 0, "statuses": {f"exchange {r.status}": 1}, "seconds": 0.0,
+                "refused_message": body["errors"][0]["message"]}
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    statuses: dict[str, int] = {}
+    refused, message = 0, ""
+    sent = 0
+    while sent < n and time.monotonic() - t0 < seconds and refused < 4:
+        path = ("/api/v1/jobs/" + secrets.token_hex(4000) if kind == "404"
+                else "/api/v1/jobs?limit=1")
+        conn.request("GET", path, headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+        statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+        sent += 1
+        if r.status == 503:
+            refused += 1
+            message = message or json.loads(body)["errors"][0]["message"]
+    conn.close()
+    return {"sent": sent, "statuses": statuses, "refused_message": message,
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
 def hold(port: int, n: int, seconds: float) -> dict[str, object]:
     socks, refused, failed = [], 0, 0
     for _ in range(n):
@@ -187,6 +224,8 @@ def main(argv: list[str]) -> int:
                        args[3] if args[3:] else "", float(args[4]) if args[4:] else 0.0)
     elif cmd == "exchange":
         result = exchange(int(args[0]), args[1], int(args[2]), float(args[3]))
+    elif cmd == "authflood":
+        result = authflood(int(args[0]), args[1], int(args[2]), float(args[3]), args[4])
     elif cmd == "hold":
         result = hold(int(args[0]), int(args[1]), float(args[2]))
     elif cmd == "bind":

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from qproxy import config as cfg
 from qproxy.clientenv import client_env
-from qproxy.node.audit import AuditLog, load_key
+from qproxy.node.audit import AuditLog, open_job_log
 from qproxy.node.envfile import remove_env_file, write_env_file
 from qproxy.proxy.auth import JobAuth, new_job_token
 from qproxy.proxy.lifecycle import (
@@ -282,9 +282,7 @@ def main(argv: list[str]) -> int:
     node = node_label(args.node) if args.node else "?"
     try:
         # keyed and capped like the job's proxy's (qproxy.node.audit)
-        audit = AuditLog(Path(audit_path), key=load_key(conf.audit_key_file, create=True),
-                         key_file=conf.audit_key_file, max_bytes=conf.proxy.audit_max_bytes,
-                         job_id=args.job_id, user=args.user)
+        audit = open_job_log(conf, Path(audit_path), job_id=args.job_id, user=args.user)
         token = new_job_token()
         port = sock.getsockname()[1]
         env = client_env(f"http://{conf.proxy.host}:{port}", token, instance)
