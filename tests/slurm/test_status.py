@@ -59,8 +59,10 @@ def test_status_shows_running_job_with_its_lanes(qpu_cluster: Cluster) -> None:
         qpu_cluster.wait_state(job.id, {"RUNNING"})
 
         def busy() -> dict[str, Any] | None:
+            # the lane is in use from the moment the submission takes it, before upstream
+            # has answered with the job: wait for both
             p = proxy_of(status(qpu_cluster)[1], job.id)
-            return p if p and p["lanes_in_use"] == 1 else None
+            return p if p and p["lanes_in_use"] == 1 and p["upstream_jobs"] == 1 else None
 
         p = wait_for(busy, 120, "the upstream job to hold a lane")
         assert p["lanes_held"] == 2 and p["alive"] and p["in_slurm"] is True, p
