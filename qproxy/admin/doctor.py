@@ -256,6 +256,24 @@ def check_audit_space(conf: cfg.Config,
     return out
 
 
+def check_prolog_flags(slurm_conf: Path) -> list[Check]:
+    """``PrologFlags=RunInJob`` (24.11+) runs ``Prolog=`` inside the job's cgroup but no SPANK
+    job prolog at all (measured on 24.11 and 26.05): no QPU job would get its proxy."""
+    try:
+        text = slurm_conf.read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.split("#", 1)[0].partition("=")
+        if key.strip().lower() == "prologflags" and "runinjob" in value.lower().replace(
+                " ", "").split(","):
+            return [(False, f"{slurm_conf}: PrologFlags={value.strip()}: with RunInJob "
+                            "Slurm runs no SPANK job prolog, so no QPU job gets its proxy; "
+                            "remove RunInJob (qproxy keeps proxies out of job cgroups "
+                            "itself: [proxy].cgroup)")]
+    return []
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="qproxy doctor", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(cfg.DEFAULT_CONFIG_PATH))
@@ -279,6 +297,7 @@ def main(argv: list[str]) -> int:
             results.append((False, f"plugstack {args.plugstack}: no spank_qpu.so line"))
     results += [check_plugin(so) for so in plugins]
     results += check_qrmi(args.plugstack)
+    results += check_prolog_flags(args.plugstack.parent / "slurm.conf")
     for ok, line in results:
         print(f"{'WRN' if ok is None else 'ok ' if ok else 'BAD'} {line}")
     return 0 if all(ok is not False for ok, _ in results) else 1

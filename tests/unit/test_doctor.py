@@ -78,3 +78,16 @@ def test_lowered_unprivileged_port_start_is_reported(tmp_path: Path) -> None:
                          "--plugstack", str(tmp_path / "none.conf")],
                         capture_output=True, text=True, check=False).stdout
     assert "ok  [proxy] ports 100-599: privileged" in ok, ok
+
+
+def test_prolog_flags_run_in_job_is_reported(tmp_path: Path) -> None:
+    """RunInJob: Slurm then runs no SPANK job prolog (24.11, 26.05), so no proxy would start."""
+    from qproxy.admin.doctor import check_prolog_flags
+
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\nPrologFlags=Alloc,Contain\n")
+    assert check_prolog_flags(conf) == []
+    conf.write_text("ClusterName=x\nPrologFlags=Alloc, RunInJob  # measured\n")
+    [(ok, line)] = check_prolog_flags(conf)
+    assert ok is False and "RunInJob" in line and "no SPANK job prolog" in line
+    assert check_prolog_flags(tmp_path / "missing.conf") == []
