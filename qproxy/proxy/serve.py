@@ -38,7 +38,8 @@ from qproxy.proxy.lifecycle import (
 )
 from qproxy.proxy.relay.auth import RelayListener, add_args, open_listener
 from qproxy.records import METRICS_FILE, STATUS_FILE, JobSummary
-from qproxy.secrets import SecretsError, get_secret
+from qproxy.secrets import SecretsError
+from qproxy.upstream import read_credentials
 
 if TYPE_CHECKING:  # aiohttp & co. are imported after the env file is written (see main)
     from qproxy.proxy.context import JobContext
@@ -95,7 +96,7 @@ def prepare(args: argparse.Namespace, conf: cfg.Config) -> Prepared:
         raise cfg.ConfigError(f"user {args.user!r} may not use {resource.name}")
     if resource.allowed_accounts and args.account not in resource.allowed_accounts:
         raise cfg.ConfigError(f"account {args.account!r} may not use {resource.name}")
-    credentials = {name: get_secret(conf, name) for name in upstream.secret_names()}
+    credentials = read_credentials(conf, upstream)
     ledger_path = args.ledger_file or args.env_file.parent / "ledger.jsonl"
     jobs, sessions = read_ledger(ledger_path)  # a restarted proxy keeps its job's work
     audit_path = args.audit_log or conf.audit_dir / f"job-{args.job_id}.jsonl"

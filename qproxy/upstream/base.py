@@ -88,6 +88,15 @@ class Capacity:
 Observer = Callable[[str, float | None], None]
 
 
+def observed(observer: Observer | None, op: str, started: float | None) -> None:
+    """Report one call of ``op`` that began at ``started`` (time.monotonic(); None: it
+    failed) to ``observer``, if there is one."""
+    if observer is not None:
+        import time
+
+        observer(op, None if started is None else time.monotonic() - started)
+
+
 class Upstream(Protocol):
     base: str  # the API base URL, for messages and logs (never a credential)
     kind: str

@@ -61,6 +61,17 @@ def listener_problem(sock: socket.socket | None, host: str | None, port: int | N
             "not root (plain http is trusted only from root's sockets)")
 
 
+def credential_session(verify_tls: bool, limit: int, sock_read: float,
+                       **kwargs: Any) -> aiohttp.ClientSession:
+    """The session every request carrying a credential goes through (the vendor API's, the
+    S3 store's): plain http only to root's listeners, no proxy from the environment, no
+    cookies kept."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=sock_read),
+        connector=OwnerCheckedConnector(ssl=True if verify_tls else False, limit=limit),
+        trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), **kwargs)
+
+
 class OwnerCheckedConnector(aiohttp.TCPConnector):
     """A TCPConnector that refuses plain-http connections to a listener root does not own."""
 

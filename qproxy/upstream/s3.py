@@ -21,8 +21,8 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from qproxy.upstream.base import Observer, UpstreamError
-from qproxy.upstream.guard import OwnerCheckedConnector, UntrustedListener
+from qproxy.upstream.base import Observer, UpstreamError, observed
+from qproxy.upstream.guard import UntrustedListener, credential_session
 
 # SigV4's limit for a presigned URL (AWS: 7 days)
 MAX_EXPIRY = 7 * 24 * 3600
@@ -66,20 +66,13 @@ class ObjectStore:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=300),
-                connector=OwnerCheckedConnector(ssl=True if self._verify else False, limit=16),
-                trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+            self._session = credential_session(self._verify, 16, 300)
         return self._session
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    def _timed(self, op: str, started: float | None) -> None:
-        if self.observe is not None:
-            self.observe(op, None if started is None else time.monotonic() - started)
 
     @asynccontextmanager
     async def _request(self, op: str, method: str, key: str, data: Any = None,
@@ -91,11 +84,11 @@ class ObjectStore:
             async with self.session.request(method, url, data=data,
                                             allow_redirects=False) as resp:
                 head = True
-                self._timed(op, started)
+                observed(self.observe, op, started)
                 yield resp
         except (UntrustedListener, aiohttp.ClientError, TimeoutError) as exc:
             if not head:
-                self._timed(op, None)
+                observed(self.observe, op, None)
             # the type only: the exception's text may quote the presigned URL
             raise UpstreamError(f"the S3 store is unreachable: {type(exc).__name__}") from None
 

@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 
 from qproxy.upstream import jsonx
-from qproxy.upstream.base import Observer, UpstreamError
-from qproxy.upstream.guard import OwnerCheckedConnector, UntrustedListener
+from qproxy.upstream.base import Observer, UpstreamError, observed
+from qproxy.upstream.guard import UntrustedListener, credential_session
 
 REFRESH_MARGIN = 60.0
 GRANT = "urn:ibm:params:oauth:grant-type:apikey"
@@ -37,7 +37,7 @@ class Transport:
         self._api_key = api_key
         self._verify = verify_tls
         self._fixed = dict(headers)
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=timeout)
+        self._sock_read = timeout
         self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._expires = 0.0
@@ -50,12 +50,9 @@ class Transport:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                connector=OwnerCheckedConnector(ssl=True if self._verify else False, limit=32),
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-                trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
-            )
+            self._session = credential_session(
+                self._verify, 32, self._sock_read,
+                json_serialize=lambda o: orjson.dumps(o).decode())
         return self._session
 
     async def close(self) -> None:
@@ -64,8 +61,7 @@ class Transport:
             self._session = None
 
     def timed(self, op: str, started: float | None) -> None:
-        if self.observe is not None:
-            self.observe(op, None if started is None else time.monotonic() - started)
+        observed(self.observe, op, started)
 
     # --- IAM ------------------------------------------------------------------------------
 
